@@ -1,0 +1,671 @@
+//! The TOML configuration: schema, `${VAR}` expansion and validation into limiter policies.
+//!
+//! ```toml
+//! [stores.main]
+//! engine = "memory"
+//!
+//! [limiters.api]
+//! store = "main"
+//! rate_per_second = 100.0
+//! burst = 20
+//! max_concurrent = 8
+//! timeout = 5.0
+//! ```
+//!
+//! Parsing happens in two steps so that every error names the table and key
+//! at fault: the text is read as a generic TOML table (syntax errors carry a
+//! line and column), then each store and limiter is deserialised on its own
+//! and validated.
+
+use crate::error::ConfigError;
+use crate::gcra::Gcra;
+use crate::window::SlidingWindow;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The name of the in-memory store every registry has unless the
+/// configuration defines a store of that name itself.
+pub const DEFAULT_STORE: &str = "memory";
+
+/// The default lease of a concurrency slot whose holder vanished.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// A whole configuration: stores and limiters.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Connections by name.
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// Limiters by name, already validated.
+    pub limiters: BTreeMap<String, LimiterSpec>,
+    /// Where the configuration came from (a path or `<string>`), for messages.
+    pub source_name: String,
+}
+
+/// The backends a store can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In-process state: one process, no service needed.
+    Memory,
+    /// Redis, with atomic Lua scripts.
+    Redis,
+    /// NATS JetStream key-value, with compare-and-set.
+    Nats,
+    /// PostgreSQL, one statement per decision.
+    Postgres,
+}
+
+impl EngineKind {
+    /// The name used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Memory => "memory",
+            EngineKind::Redis => "redis",
+            EngineKind::Nats => "nats",
+            EngineKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// A `[stores.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Which backend.
+    pub engine: EngineKind,
+    /// Where the backend is (not for `memory`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Namespace inside the backend (default `ratesync`).
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+}
+
+impl StoreConfig {
+    /// An in-memory store.
+    pub fn memory() -> Self {
+        Self {
+            engine: EngineKind::Memory,
+            url: None,
+            key_prefix: None,
+        }
+    }
+}
+
+/// How a rate is limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Token bucket (GCRA): `rate_per_second` with bursts up to `burst`.
+    #[default]
+    #[serde(alias = "gcra")]
+    TokenBucket,
+    /// Exact sliding window: never more than `limit` in any `window_seconds`.
+    SlidingWindow,
+}
+
+/// What a limiter does when its store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Deny with [`Error::Backend`](crate::Error::Backend).
+    #[default]
+    FailClosed,
+    /// Admit, count the error and log it.
+    FailOpen,
+}
+
+/// A `[limiters.NAME]` table as written, before validation.
+///
+/// Also the way to register a limiter from code: fill in the fields and pass
+/// it to [`Registry::register`](crate::Registry::register), which validates it
+/// exactly like a file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimiterConfig {
+    /// The store holding this limiter's state (default: the built-in `memory`).
+    pub store: Option<String>,
+    /// `token_bucket` (default) or `sliding_window`.
+    pub algorithm: Option<Algorithm>,
+    /// Token bucket: tokens per second.
+    pub rate_per_second: Option<f64>,
+    /// Token bucket: the largest burst (default 1).
+    pub burst: Option<i64>,
+    /// Sliding window: grants allowed in any window.
+    pub limit: Option<i64>,
+    /// Sliding window: the window's length in seconds.
+    pub window_seconds: Option<f64>,
+    /// Concurrency slots (optional; may be combined with a rate).
+    pub max_concurrent: Option<i64>,
+    /// Seconds after which the slot of a vanished holder is freed (default 30).
+    pub lease_seconds: Option<f64>,
+    /// Default bound for `acquire()` in seconds; absent = wait forever.
+    pub timeout: Option<f64>,
+    /// `fail_closed` (default) or `fail_open`.
+    pub on_backend_error: Option<FailureMode>,
+}
+
+impl LimiterConfig {
+    /// A token bucket of `rate_per_second` with bursts up to `burst`.
+    pub fn token_bucket(rate_per_second: f64, burst: u32) -> Self {
+        Self {
+            rate_per_second: Some(rate_per_second),
+            burst: Some(i64::from(burst)),
+            ..Self::default()
+        }
+    }
+
+    /// An exact sliding window of `limit` grants per `window`.
+    pub fn sliding_window(limit: u32, window: Duration) -> Self {
+        Self {
+            algorithm: Some(Algorithm::SlidingWindow),
+            limit: Some(i64::from(limit)),
+            window_seconds: Some(window.as_secs_f64()),
+            ..Self::default()
+        }
+    }
+
+    /// A pure concurrency limiter of `max` slots.
+    pub fn concurrency(max: u32) -> Self {
+        Self {
+            max_concurrent: Some(i64::from(max)),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a concurrency cap of `max` slots.
+    pub fn with_max_concurrent(mut self, max: u32) -> Self {
+        self.max_concurrent = Some(i64::from(max));
+        self
+    }
+
+    /// Sets the default bound of `acquire()`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout.as_secs_f64());
+        self
+    }
+
+    /// Sets the store.
+    pub fn with_store(mut self, store: impl Into<String>) -> Self {
+        self.store = Some(store.into());
+        self
+    }
+
+    /// Sets the failure mode.
+    pub fn with_failure_mode(mut self, mode: FailureMode) -> Self {
+        self.on_backend_error = Some(mode);
+        self
+    }
+
+    /// Sets the lease of concurrency slots.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease_seconds = Some(lease.as_secs_f64());
+        self
+    }
+}
+
+/// A rate policy, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateSpec {
+    /// Token bucket / GCRA.
+    TokenBucket(Gcra),
+    /// Exact sliding window.
+    SlidingWindow(SlidingWindow),
+}
+
+/// A concurrency policy, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConcurrencySpec {
+    /// Slots.
+    pub max: u32,
+    /// How long a slot outlives a holder that stopped renewing it.
+    pub lease: Duration,
+}
+
+/// A limiter's validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimiterSpec {
+    /// The store's name.
+    pub store: String,
+    /// The rate limit, if any.
+    pub rate: Option<RateSpec>,
+    /// The concurrency cap, if any.
+    pub concurrency: Option<ConcurrencySpec>,
+    /// Default bound of `acquire()`; `None` waits forever.
+    pub timeout: Option<Duration>,
+    /// What to do when the store fails.
+    pub on_backend_error: FailureMode,
+}
+
+/// Reads environment variables; injectable so tests need not touch the process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Parses configuration text (named `<string>` in errors), expanding `${VAR}`.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, "<string>", &process_env)
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&name, "(file)", format!("cannot read the file: {e}")))?;
+        Self::parse(&text, &name, &process_env)
+    }
+
+    /// Finds the configuration: `$RATESYNC_CONFIG`, else `./ratesync.toml`,
+    /// else `./config.toml`.
+    pub fn from_default_location() -> Result<Self, ConfigError> {
+        let path = Self::default_location()?;
+        Self::from_file(path)
+    }
+
+    /// The file [`from_default_location`](Self::from_default_location) would read.
+    pub fn default_location() -> Result<PathBuf, ConfigError> {
+        if let Some(p) = std::env::var_os("RATESYNC_CONFIG") {
+            return Ok(PathBuf::from(p));
+        }
+        for candidate in ["ratesync.toml", "config.toml"] {
+            if Path::new(candidate).is_file() {
+                return Ok(PathBuf::from(candidate));
+            }
+        }
+        Err(ConfigError::new(
+            "(default configuration)",
+            "(file)",
+            "no configuration found: set RATESYNC_CONFIG to a file, or create ./ratesync.toml or ./config.toml",
+        ))
+    }
+
+    /// Parses `text`, naming it `source_name` in errors and reading variables through `env`.
+    pub fn parse(text: &str, source_name: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let expanded = expand_env(text, env)
+            .map_err(|(line, msg)| ConfigError::new(source_name, format!("line {line}"), msg))?;
+        let table: toml::Table = toml::from_str(&expanded).map_err(|e| {
+            let at = e.span().map(|s| line_col(&expanded, s.start)).map_or_else(
+                || "(syntax)".to_string(),
+                |(l, c)| format!("line {l}, column {c}"),
+            );
+            ConfigError::new(source_name, at, e.message().to_string())
+        })?;
+        let mut config = Config {
+            source_name: source_name.to_string(),
+            ..Config::default()
+        };
+        let mut raw_limiters = BTreeMap::new();
+        for (key, value) in table {
+            match key.as_str() {
+                "stores" => {
+                    for (name, v) in sub_tables(source_name, "stores", v_table(value))? {
+                        let path = format!("stores.{name}");
+                        let store: StoreConfig = deserialize(source_name, &path, v)?;
+                        validate_store(source_name, &path, &store)?;
+                        config.stores.insert(name, store);
+                    }
+                }
+                "limiters" => {
+                    for (name, v) in sub_tables(source_name, "limiters", v_table(value))? {
+                        let path = format!("limiters.{name}");
+                        let lim: LimiterConfig = deserialize(source_name, &path, v)?;
+                        raw_limiters.insert(name, lim);
+                    }
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        source_name,
+                        other,
+                        "unknown key; expected `stores` or `limiters`",
+                    ))
+                }
+            }
+        }
+        for (name, lim) in raw_limiters {
+            let spec = config.validate_limiter(&name, &lim)?;
+            config.limiters.insert(name, spec);
+        }
+        Ok(config)
+    }
+
+    /// Validates one limiter against this configuration's stores.
+    pub fn validate_limiter(
+        &self,
+        name: &str,
+        lim: &LimiterConfig,
+    ) -> Result<LimiterSpec, ConfigError> {
+        validate_limiter(
+            &self.source_name,
+            name,
+            lim,
+            |s| s == DEFAULT_STORE || self.stores.contains_key(s),
+            &self.stores.keys().cloned().collect::<Vec<_>>(),
+        )
+    }
+}
+
+fn v_table(value: toml::Value) -> Result<toml::Table, toml::Value> {
+    match value {
+        toml::Value::Table(t) => Ok(t),
+        other => Err(other),
+    }
+}
+
+fn sub_tables(
+    source: &str,
+    path: &str,
+    value: Result<toml::Table, toml::Value>,
+) -> Result<Vec<(String, toml::Value)>, ConfigError> {
+    let table = value.map_err(|v| {
+        ConfigError::new(
+            source,
+            path,
+            format!("must be a table, got {}", v.type_str()),
+        )
+    })?;
+    table
+        .into_iter()
+        .map(|(name, v)| {
+            if name.is_empty() {
+                return Err(ConfigError::new(source, path, "names must not be empty"));
+            }
+            if !v.is_table() {
+                return Err(ConfigError::new(
+                    source,
+                    format!("{path}.{name}"),
+                    format!("must be a table like [{path}.{name}], got {}", v.type_str()),
+                ));
+            }
+            Ok((name, v))
+        })
+        .collect()
+}
+
+fn deserialize<T: serde::de::DeserializeOwned>(
+    source: &str,
+    path: &str,
+    value: toml::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        ConfigError::new(source, full, e.into_inner().to_string())
+    })
+}
+
+fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), ConfigError> {
+    match store.engine {
+        EngineKind::Memory => {
+            if store.url.is_some() {
+                return Err(ConfigError::new(
+                    source,
+                    format!("{path}.url"),
+                    "the memory engine keeps state in this process and takes no url; remove it or choose another engine",
+                ));
+            }
+            Ok(())
+        }
+        other => Err(ConfigError::new(
+            source,
+            format!("{path}.engine"),
+            format!(
+                "engine `{}` is not available in this build of ratesync {}; available: memory",
+                other.as_str(),
+                env!("CARGO_PKG_VERSION")
+            ),
+        )),
+    }
+}
+
+fn validate_limiter(
+    source: &str,
+    name: &str,
+    lim: &LimiterConfig,
+    store_exists: impl Fn(&str) -> bool,
+    known_stores: &[String],
+) -> Result<LimiterSpec, ConfigError> {
+    let at = |key: &str| format!("limiters.{name}.{key}");
+    let err = |key: &str, msg: String| ConfigError::new(source, at(key), msg);
+    let algorithm = lim.algorithm.unwrap_or_default();
+
+    let store = lim
+        .store
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STORE.to_string());
+    if !store_exists(&store) {
+        let mut known: Vec<&str> = known_stores.iter().map(String::as_str).collect();
+        if !known.contains(&DEFAULT_STORE) {
+            known.insert(0, DEFAULT_STORE);
+        }
+        return Err(err(
+            "store",
+            format!(
+                "no store named `{store}`; define [stores.{store}] or use one of: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+
+    let rate = match algorithm {
+        Algorithm::TokenBucket => {
+            for (key, set) in [
+                ("limit", lim.limit.is_some()),
+                ("window_seconds", lim.window_seconds.is_some()),
+            ] {
+                if set {
+                    return Err(err(key, "belongs to a sliding window; add algorithm = \"sliding_window\" or use rate_per_second".into()));
+                }
+            }
+            match lim.rate_per_second {
+                None => {
+                    if lim.burst.is_some() {
+                        return Err(err("burst", "needs rate_per_second".into()));
+                    }
+                    None
+                }
+                Some(rate) => {
+                    if !(rate.is_finite() && rate > 0.0) {
+                        return Err(err(
+                            "rate_per_second",
+                            format!("must be a positive number, got {rate}"),
+                        ));
+                    }
+                    let burst = lim.burst.unwrap_or(1);
+                    if burst < 1 {
+                        return Err(err("burst", format!("must be >= 1, got {burst}")));
+                    }
+                    let burst = u32::try_from(burst).map_err(|_| {
+                        err("burst", format!("must be <= {}, got {burst}", u32::MAX))
+                    })?;
+                    let gcra = Gcra::new(rate, burst)
+                        .ok_or_else(|| err("rate_per_second", format!("cannot be used: {rate}")))?;
+                    Some(RateSpec::TokenBucket(gcra))
+                }
+            }
+        }
+        Algorithm::SlidingWindow => {
+            for (key, set) in [
+                ("rate_per_second", lim.rate_per_second.is_some()),
+                ("burst", lim.burst.is_some()),
+            ] {
+                if set {
+                    return Err(err(key, "belongs to a token bucket; remove it or drop algorithm = \"sliding_window\"".into()));
+                }
+            }
+            let limit = lim
+                .limit
+                .ok_or_else(|| err("limit", "is required for a sliding window".into()))?;
+            if limit < 1 {
+                return Err(err("limit", format!("must be >= 1, got {limit}")));
+            }
+            let limit = u32::try_from(limit)
+                .map_err(|_| err("limit", format!("must be <= {}, got {limit}", u32::MAX)))?;
+            let window = lim
+                .window_seconds
+                .ok_or_else(|| err("window_seconds", "is required for a sliding window".into()))?;
+            let window = positive_duration(window).ok_or_else(|| {
+                err(
+                    "window_seconds",
+                    format!("must be a positive number of seconds, got {window}"),
+                )
+            })?;
+            let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+            let w = SlidingWindow::new(limit, ns).ok_or_else(|| {
+                err(
+                    "window_seconds",
+                    format!("must be at least 1 ns, got {window:?}"),
+                )
+            })?;
+            Some(RateSpec::SlidingWindow(w))
+        }
+    };
+
+    let concurrency = match lim.max_concurrent {
+        None => {
+            if lim.lease_seconds.is_some() {
+                return Err(err("lease_seconds", "needs max_concurrent".into()));
+            }
+            None
+        }
+        Some(max) => {
+            if max < 1 {
+                return Err(err("max_concurrent", format!("must be >= 1, got {max}")));
+            }
+            let max = u32::try_from(max).map_err(|_| {
+                err(
+                    "max_concurrent",
+                    format!("must be <= {}, got {max}", u32::MAX),
+                )
+            })?;
+            let lease = match lim.lease_seconds {
+                None => DEFAULT_LEASE,
+                Some(s) => positive_duration(s).ok_or_else(|| {
+                    err(
+                        "lease_seconds",
+                        format!("must be a positive number of seconds, got {s}"),
+                    )
+                })?,
+            };
+            Some(ConcurrencySpec { max, lease })
+        }
+    };
+
+    if rate.is_none() && concurrency.is_none() {
+        return Err(ConfigError::new(
+            source,
+            format!("limiters.{name}"),
+            "limits nothing: set rate_per_second, a sliding window (algorithm = \"sliding_window\", limit, window_seconds), or max_concurrent",
+        ));
+    }
+
+    let timeout = match lim.timeout {
+        None => None,
+        Some(0.0) => Some(Duration::ZERO),
+        Some(t) => Some(positive_duration(t).ok_or_else(|| {
+            err(
+                "timeout",
+                format!("must be a number of seconds >= 0, got {t}"),
+            )
+        })?),
+    };
+
+    Ok(LimiterSpec {
+        store,
+        rate,
+        concurrency,
+        timeout,
+        on_backend_error: lim.on_backend_error.unwrap_or_default(),
+    })
+}
+
+/// Validates a limiter for programmatic registration (see [`Registry::register`](crate::Registry::register)).
+pub(crate) fn validate_registered(
+    name: &str,
+    lim: &LimiterConfig,
+    store_exists: impl Fn(&str) -> bool,
+    known_stores: &[String],
+) -> Result<LimiterSpec, ConfigError> {
+    validate_limiter("<registered>", name, lim, store_exists, known_stores)
+}
+
+fn positive_duration(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::try_from_secs_f64(secs).ok())
+        .flatten()
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `text`; `$${` stands for a literal `${`.
+///
+/// Lines that are comments (first non-blank character `#`) are left alone, so
+/// a commented-out example does not demand its variables. An unset variable
+/// without a default is an error naming it and its line.
+pub fn expand_env(text: &str, env: EnvLookup<'_>) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos..];
+            if let Some(tail) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix("${") {
+                let end = body.find('}').ok_or_else(|| {
+                    (
+                        i + 1,
+                        format!("unterminated `${{` in `{}`", line.trim_end()),
+                    )
+                })?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err((
+                        i + 1,
+                        format!("`${{{expr}}}`: `{name}` is not a valid variable name"),
+                    ));
+                }
+                match (env(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err((
+                            i + 1,
+                            format!("environment variable {name} is not set; set it or write ${{{name}:-default}}"),
+                        ))
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = &after[1..];
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}

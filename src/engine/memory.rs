@@ -1,0 +1,404 @@
+//! The in-memory engine: limiter state in this process, the embedded default.
+//!
+//! State lives in a fixed number of shards, each a small mutex-protected map,
+//! so concurrent decisions on different keys rarely meet and no global lock
+//! sits on the hot path. A decision holds its shard's lock for a few hundred
+//! nanoseconds and never across an `.await`.
+//!
+//! The clock is [`tokio::time::Instant`], so limiters run on paused tokio time
+//! in tests (`#[tokio::test(start_paused = true)]`) and behave exactly as on
+//! a real clock.
+//!
+//! Idle keys (a full bucket, an empty window, no holders) are dropped by an
+//! amortised sweep of their shard, so per-IP or per-user limiters do not grow
+//! without bound.
+
+use super::{
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseHub,
+    ReleaseSignal, Reservation,
+};
+use crate::config::{ConcurrencySpec, RateSpec};
+use crate::error::BackendError;
+use crate::gcra::{self, ns, to_ns};
+use crate::lease::{self, Lease};
+use crate::window;
+use async_trait::async_trait;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const SHARDS: usize = 64;
+/// A shard is swept when it has grown to this many keys since its last sweep.
+const MIN_SWEEP_LEN: usize = 1024;
+
+/// The state of one key. A key carries at most one rate state and one set of leases.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Token bucket: the theoretical arrival time (0 = none).
+    tat: u64,
+    /// Sliding window: recent grants.
+    window: VecDeque<u64>,
+    /// Concurrency: current holders.
+    leases: Vec<Lease>,
+    /// When this entry holds nothing any more and may be dropped.
+    idle_at: u64,
+}
+
+#[derive(Debug)]
+struct Shard {
+    map: HashMap<Arc<str>, Entry>,
+    sweep_at: usize,
+}
+
+/// The in-memory engine (see the module docs).
+#[derive(Debug)]
+pub struct MemoryEngine {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    epoch: Instant,
+    releases: ReleaseHub,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        sweep_at: MIN_SWEEP_LEN,
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            epoch: Instant::now(),
+            releases: ReleaseHub::new(),
+        }
+    }
+
+    /// Nanoseconds since the engine was made. Starts at 1 so that 0 can mean "no state".
+    fn now(&self) -> u64 {
+        to_ns(self.epoch.elapsed()) + 1
+    }
+
+    fn shard_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard cannot leave an entry half-written
+        // (every update is a plain store), so a poisoned lock is still sound.
+        self.shards[self.shard_index(key)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keys currently held (idle ones may linger until their shard is swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
+            .sum()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every idle key now (normally done lazily as shards grow).
+    pub fn sweep(&self) {
+        let now = self.now();
+        for s in self.shards.iter() {
+            let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            s.map.retain(|_, e| e.idle_at > now);
+            s.sweep_at = (s.map.len() * 2).max(MIN_SWEEP_LEN);
+        }
+    }
+}
+
+impl Shard {
+    fn entry(&mut self, key: &str, now: u64) -> &mut Entry {
+        if !self.map.contains_key(key) {
+            if self.map.len() >= self.sweep_at {
+                self.map.retain(|_, e| e.idle_at > now);
+                self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP_LEN);
+            }
+            self.map.insert(key.into(), Entry::default());
+        }
+        self.map
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+}
+
+impl Entry {
+    fn refresh_idle(&mut self, rate: Option<&RateSpec>, now: u64) {
+        let rate_idle = match rate {
+            Some(RateSpec::TokenBucket(g)) => g.idle_after_ns(self.tat, now),
+            Some(RateSpec::SlidingWindow(w)) => w.idle_after_ns(&self.window, now),
+            None => 0,
+        };
+        let lease_idle = lease::idle_after_ns(&self.leases, now);
+        let keep = rate_idle.max(lease_idle);
+        // Never shorten: another policy on the same key may need longer.
+        self.idle_at = self.idle_at.max(now.saturating_add(keep));
+    }
+
+    /// Decides one rate slot; `commit` stores it when granted.
+    fn decide(
+        &mut self,
+        rate: &RateSpec,
+        now: u64,
+        max_wait: u64,
+        commit: bool,
+    ) -> Result<u64, u64> {
+        match rate {
+            RateSpec::TokenBucket(g) => {
+                let tat = (self.tat != 0).then_some(self.tat);
+                match g.decide(tat, now, 1, max_wait) {
+                    gcra::Decision::Granted { wait_ns, new_tat } => {
+                        if commit {
+                            self.tat = new_tat;
+                        }
+                        Ok(wait_ns)
+                    }
+                    gcra::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+                }
+            }
+            RateSpec::SlidingWindow(w) => {
+                w.trim(&mut self.window, now);
+                match w.decide(&self.window, now, max_wait) {
+                    window::Decision::Granted { wait_ns } => {
+                        if commit {
+                            w.record(&mut self.window, now, wait_ns);
+                        }
+                        Ok(wait_ns)
+                    }
+                    window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn reserve(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key.encoded());
+        let entry = shard.entry(ctx.key.encoded(), now);
+        let out = entry.decide(rate, now, to_ns(max_wait), true);
+        entry.refresh_idle(Some(rate), now);
+        Ok(match out {
+            Ok(wait) => Reservation::Granted { wait: ns(wait) },
+            Err(retry) => Reservation::Denied {
+                retry_after: ns(retry),
+            },
+        })
+    }
+
+    async fn reserve_all(
+        &self,
+        items: &[(Ctx<'_>, RateSpec)],
+        max_wait: Duration,
+    ) -> Result<BatchReservation, BackendError> {
+        for (i, (a, _)) in items.iter().enumerate() {
+            if items[..i].iter().any(|(b, _)| a.key == b.key) {
+                return Err(BackendError::new(
+                    "memory",
+                    format!("state key `{}` appears twice in one batch", a.key.encoded()),
+                ));
+            }
+        }
+        let now = self.now();
+        let max_wait = to_ns(max_wait);
+        // Lock every shard involved, in index order so two batches cannot deadlock.
+        let mut indices: Vec<usize> = items
+            .iter()
+            .map(|(c, _)| self.shard_index(c.key.encoded()))
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = indices
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    self.shards[i]
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                )
+            })
+            .collect();
+        let shard_of = |guards: &mut [(usize, MutexGuard<'_, Shard>)], key: &str| -> usize {
+            let i = self.shard_index(key);
+            guards
+                .iter()
+                .position(|(j, _)| *j == i)
+                .unwrap_or_else(|| unreachable!("locked above"))
+        };
+        // First decide every item without storing, then store all or nothing.
+        for (index, (ctx, rate)) in items.iter().enumerate() {
+            let pos = shard_of(&mut guards, ctx.key.encoded());
+            let entry = guards[pos].1.entry(ctx.key.encoded(), now);
+            if let Err(retry) = entry.decide(rate, now, max_wait, false) {
+                return Ok(BatchReservation::Denied {
+                    index,
+                    retry_after: ns(retry),
+                });
+            }
+        }
+        let mut wait = 0;
+        for (ctx, rate) in items {
+            let pos = shard_of(&mut guards, ctx.key.encoded());
+            let entry = guards[pos].1.entry(ctx.key.encoded(), now);
+            // Keys are distinct and the shards locked, so the dry run above holds.
+            if let Ok(w) = entry.decide(rate, now, max_wait, true) {
+                wait = wait.max(w);
+            }
+            entry.refresh_idle(Some(rate), now);
+        }
+        Ok(BatchReservation::Granted { wait: ns(wait) })
+    }
+
+    async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
+        let now = self.now();
+        let shard = self.shard(ctx.key.encoded());
+        let entry = shard.map.get(ctx.key.encoded());
+        Ok(match rate {
+            RateSpec::TokenBucket(g) => {
+                let tat = entry.map(|e| e.tat).filter(|&t| t != 0);
+                let s = g.state(tat, now);
+                RateState::TokenBucket {
+                    remaining: s.remaining,
+                    burst: g.burst(),
+                    reset_after: ns(s.reset_after_ns),
+                    retry_after: ns(s.retry_after_ns),
+                }
+            }
+            RateSpec::SlidingWindow(w) => {
+                let empty = VecDeque::new();
+                let s = w.state(entry.map_or(&empty, |e| &e.window), now);
+                RateState::SlidingWindow {
+                    count: s.count,
+                    limit: w.limit(),
+                    remaining: s.remaining,
+                    reset_after: ns(s.reset_after_ns),
+                    retry_after: ns(s.retry_after_ns),
+                }
+            }
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        ctx: Ctx<'_>,
+        holder: &HolderId,
+        spec: &ConcurrencySpec,
+    ) -> Result<LeaseOutcome, BackendError> {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key.encoded());
+        let entry = shard.entry(ctx.key.encoded(), now);
+        let out = lease::acquire(
+            &mut entry.leases,
+            holder.as_str(),
+            now,
+            to_ns(spec.lease),
+            spec.max,
+        );
+        entry.refresh_idle(None, now);
+        Ok(match out {
+            lease::Acquire::Acquired { holders } => LeaseOutcome::Acquired { holders },
+            lease::Acquire::Full { retry_after_ns } => LeaseOutcome::Full {
+                retry_after: ns(retry_after_ns),
+            },
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        ctx: Ctx<'_>,
+        holder: &HolderId,
+        lease: Duration,
+    ) -> Result<bool, BackendError> {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key.encoded());
+        let Some(entry) = shard.map.get_mut(ctx.key.encoded()) else {
+            return Ok(false);
+        };
+        let kept = lease::renew(&mut entry.leases, holder.as_str(), now, to_ns(lease));
+        entry.refresh_idle(None, now);
+        Ok(kept)
+    }
+
+    async fn release_lease(&self, ctx: Ctx<'_>, holder: &HolderId) -> Result<bool, BackendError> {
+        Ok(self.release_lease_now(ctx, holder).unwrap_or(false))
+    }
+
+    fn release_lease_now(&self, ctx: Ctx<'_>, holder: &HolderId) -> Option<bool> {
+        let released = {
+            let mut shard = self.shard(ctx.key.encoded());
+            shard
+                .map
+                .get_mut(ctx.key.encoded())
+                .is_some_and(|e| lease::release(&mut e.leases, holder.as_str()))
+        };
+        if released {
+            self.releases.notify(ctx.key.encoded());
+        }
+        Some(released)
+    }
+
+    async fn lease_state(
+        &self,
+        ctx: Ctx<'_>,
+        spec: &ConcurrencySpec,
+    ) -> Result<ConcurrencyState, BackendError> {
+        let now = self.now();
+        let shard = self.shard(ctx.key.encoded());
+        let live = shard
+            .map
+            .get(ctx.key.encoded())
+            .map(|e| {
+                e.leases
+                    .iter()
+                    .filter(|l| l.expires_at > now)
+                    .map(|l| l.expires_at)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Ok(ConcurrencyState {
+            holders: live.len() as u32,
+            max: spec.max,
+            next_expiry: live.iter().min().map(|&t| ns(t - now)),
+        })
+    }
+
+    async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
+        Ok(self.releases.subscribe(ctx.key.encoded()))
+    }
+}
+
+/// A shared in-memory engine, as the registry's built-in `memory` store uses.
+pub fn shared() -> Arc<MemoryEngine> {
+    Arc::new(MemoryEngine::new())
+}

@@ -1,0 +1,82 @@
+//! Release signals: waking concurrency waiters in this process when a slot is freed.
+//!
+//! Every engine funnels its backend's notifications (Redis pub/sub, Postgres
+//! NOTIFY, a NATS KV watch, or a direct call for the memory engine) into a
+//! [`ReleaseHub`], which keeps one `watch` channel per key that has waiters.
+//! A `watch` receiver remembers that a change happened even if nobody was
+//! awaiting at that instant, so a release between a failed attempt and the
+//! wait is never lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
+
+/// Wakes in-process waiters of a key when one of its slots is released.
+#[derive(Debug, Default)]
+pub struct ReleaseHub {
+    channels: Mutex<HashMap<Arc<str>, watch::Sender<u64>>>,
+}
+
+/// A subscription to the releases of one key (see [`ReleaseHub`]).
+#[derive(Debug)]
+pub struct ReleaseSignal {
+    rx: watch::Receiver<u64>,
+}
+
+impl ReleaseSignal {
+    /// Returns once a release happened since the subscription or the previous
+    /// call. Pending forever if the hub is gone, so callers bound it with a timeout.
+    pub async fn released(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl ReleaseHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to releases of `key`.
+    pub fn subscribe(&self, key: &str) -> ReleaseSignal {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = map.get(key) {
+            return ReleaseSignal { rx: tx.subscribe() };
+        }
+        // Forget channels nobody listens to any more before adding one, so
+        // the map stays as small as the set of keys with waiters.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        let (tx, rx) = watch::channel(0);
+        map.insert(key.into(), tx);
+        ReleaseSignal { rx }
+    }
+
+    /// Wakes the waiters of `key`, if any.
+    pub fn notify(&self, key: &str) {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = map.get(key) {
+            if tx.receiver_count() == 0 {
+                map.remove(key);
+            } else {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Keys with a live channel (for tests and introspection).
+    pub fn len(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// True when no key has a channel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,135 @@
+//! The errors ratesync returns, each carrying what a user needs to act on it.
+
+use std::time::Duration;
+
+/// A result with ratesync's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when configuring or using a limiter.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No permit could be had within the bound; nothing was taken.
+    #[error(
+        "limiter `{limiter}`: no permit within {}; the earliest {} ({})",
+        fmt_duration(*.timeout),
+        match .retry_after { Some(d) => format!("is {} away", fmt_duration(*d)), None => "is unknown".into() },
+        .reason
+    )]
+    Timeout {
+        /// The limiter that refused.
+        limiter: String,
+        /// The bound that was applied.
+        timeout: Duration,
+        /// How long until a permit could be had, where the engine knows.
+        retry_after: Option<Duration>,
+        /// What was exhausted: "rate" or "concurrency".
+        reason: &'static str,
+    },
+
+    /// The limiter's store failed and the limiter fails closed.
+    #[error("limiter `{limiter}`: store `{store}` failed: {source}; the limiter is fail_closed, so the request was denied (set on_backend_error = \"fail_open\" to admit during outages)")]
+    Backend {
+        /// The limiter that was asked.
+        limiter: String,
+        /// The store whose backend failed.
+        store: String,
+        /// What the backend said.
+        #[source]
+        source: BackendError,
+    },
+
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// No limiter has this name.
+    #[error("no limiter named `{name}`; known limiters: {}", if .known.is_empty() { "(none)".to_string() } else { .known.join(", ") })]
+    UnknownLimiter {
+        /// The name asked for.
+        name: String,
+        /// The names the registry knows.
+        known: Vec<String>,
+    },
+
+    /// The operation cannot be done with these limiters.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// True for [`Error::Timeout`]: the limit, not a fault, refused the request.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// How long until a retry could succeed, where known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Timeout { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A configuration error naming the source, the table and key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {path}: {message}")]
+pub struct ConfigError {
+    /// The file the configuration came from, or `<string>`.
+    pub source_name: String,
+    /// The dotted path of the table or key at fault (`limiters.api.burst`).
+    pub path: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        source_name: impl Into<String>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            source_name: source_name.into(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A failure inside an engine's backend (connection lost, timeout, bad reply).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{engine}: {message}")]
+pub struct BackendError {
+    /// The engine kind (`redis`, `postgres`, ...).
+    pub engine: &'static str,
+    /// What went wrong, without credentials.
+    pub message: String,
+    /// True when a lost compare-and-set race exhausted its retries.
+    pub cas_exhausted: bool,
+}
+
+impl BackendError {
+    /// A backend failure of `engine` described by `message`.
+    pub fn new(engine: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            engine,
+            message: message.into(),
+            cas_exhausted: false,
+        }
+    }
+}
+
+/// Formats a duration for people: `250 ms`, `1.5 s`.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    if d == Duration::MAX {
+        "forever".to_string()
+    } else if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.3} s", d.as_secs_f64())
+    }
+}

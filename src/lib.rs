@@ -1,0 +1,64 @@
+//! # ratesync
+//!
+//! Distributed, coordinated rate limiting with async acquire semantics. Many
+//! tasks, processes and hosts share one limit; each awaits a permit the way it
+//! awaits I/O.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+//! use std::time::Duration;
+//! let registry = ratesync::Registry::from_toml_str(r#"
+//!     [limiters.api]
+//!     rate_per_second = 100.0   # token bucket (GCRA) ...
+//!     burst = 20                # ... with bursts up to 20
+//!     max_concurrent = 8        # and at most 8 in flight
+//!     timeout = 5.0             # default bound for acquire()
+//! "#).await?;
+//! let api = registry.limiter("api")?;
+//! let permit = api.acquire().await?;                       // waits, bounded by 5 s
+//! let other = api.acquire_timeout(Duration::from_millis(200)).await?;
+//! if let Some(p) = api.try_acquire().await? { drop(p) }    // never waits
+//! let per_user = api.key("user:42");                       // same policy, own counters
+//! drop((permit, other));                                   // frees the concurrency slots
+//! println!("{:?}", api.metrics());
+//! # let _ = per_user; Ok(()) }
+//! ```
+//!
+//! ## What is promised
+//! Across any number of processes sharing a store, grants in any interval of
+//! length `t` never exceed `burst + rate * t` (token bucket), or `limit` in
+//! any window (sliding window); holders of a concurrency limiter never exceed
+//! `max_concurrent`. Waiting is computed, not polled: `acquire` reserves the
+//! earliest slot within its timeout and sleeps until it, or fails at once.
+//! See the README for the whole contract and the configuration reference.
+//!
+//! ## Modules
+//! - [`config`]: the TOML schema, `${VAR}` expansion and validation.
+//! - [`Registry`], [`Limiter`], [`Permit`]: the API.
+//! - [`engine`]: the trait every backend implements, and the in-memory engine.
+//! - [`gcra`], [`window`], [`lease`]: the pure limiting math, shared by engines.
+//! - [`metrics`]: per-limiter counters and snapshots.
+//! - [`testing`]: helpers for your own tests.
+
+#![warn(missing_docs)]
+
+mod compose;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod gcra;
+mod key;
+pub mod lease;
+mod limiter;
+pub mod metrics;
+mod registry;
+pub mod testing;
+pub mod window;
+
+pub use compose::check_all;
+pub use config::{Config, FailureMode, LimiterConfig};
+pub use error::{BackendError, ConfigError, Error, Result};
+pub use key::{encode_part, hash_key, hash_key_with_secret, StateKey};
+pub use limiter::{Limiter, LimiterState, Permit};
+pub use metrics::MetricsSnapshot;
+pub use registry::{acquire, default_registry, set_default_registry, try_acquire, Registry};

@@ -1,0 +1,591 @@
+//! Limiters and permits: waiting, timeouts, failure modes and metrics recording, once for every engine.
+//!
+//! A [`Limiter`] asks its engine for decisions and does everything around
+//! them: it sleeps until a reserved rate slot begins (DESIGN.md §3.4), waits
+//! for a released concurrency slot, bounds all of it by a timeout, applies
+//! the limiter's failure mode when the store fails, and records metrics.
+
+use crate::config::{ConcurrencySpec, FailureMode, LimiterSpec, RateSpec};
+use crate::engine::{
+    ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseSignal, Reservation,
+};
+use crate::error::{BackendError, Error, Result};
+use crate::key::StateKey;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The longest a concurrency waiter sleeps before asking again, should a
+/// release signal be lost (a dropped pub/sub connection, say).
+const RELEASE_POLL: Duration = Duration::from_millis(500);
+
+/// A named rate and/or concurrency limit, cheap to clone (an `Arc` inside).
+///
+/// Obtained from a [`Registry`](crate::Registry); [`key`](Self::key) derives
+/// a per-key limiter (per user, IP, API key) with the same policy, its own
+/// state, and the parent's metrics.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+/// let registry = ratesync::Registry::from_toml_str(r#"
+///     [limiters.api]
+///     rate_per_second = 100.0
+///     burst = 10
+///     max_concurrent = 4
+/// "#).await?;
+/// let api = registry.limiter("api")?;
+/// let permit = api.acquire().await?;          // waits for a slot if needed
+/// assert!(permit.holds_slot());               // one of the 4 concurrency slots
+/// let user = api.key("user:42");              // same policy, its own bucket
+/// if let Some(p) = user.try_acquire().await? { // never waits
+///     drop(p);
+/// }
+/// drop(permit);                               // frees the slot
+/// assert_eq!(api.metrics().total_acquisitions, 2);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Limiter {
+    shared: Arc<Shared>,
+    key: StateKey,
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) spec: LimiterSpec,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("name", &self.shared.name)
+            .field("key", &self.key.encoded())
+            .field("engine", &self.shared.engine.kind())
+            .field("spec", &self.shared.spec)
+            .finish()
+    }
+}
+
+/// A limiter's state, read without consuming anything (see [`Limiter::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterState {
+    /// The rate limit's state, if the limiter has one.
+    pub rate: Option<RateState>,
+    /// The concurrency limit's state, if the limiter has one.
+    pub concurrency: Option<ConcurrencyState>,
+}
+
+/// How long a request may wait.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Not at all (`try_acquire`).
+    No,
+    /// Until the deadline (`None`: forever); `bound` is what the caller asked, for messages.
+    Until {
+        deadline: Option<Instant>,
+        bound: Option<Duration>,
+    },
+}
+
+impl Wait {
+    /// Time left at `now`; `None` means unbounded.
+    fn remaining(self, now: Instant) -> Option<Duration> {
+        match self {
+            Wait::No => Some(Duration::ZERO),
+            Wait::Until { deadline, .. } => deadline.map(|d| d.saturating_duration_since(now)),
+        }
+    }
+}
+
+/// Why a request got no permit, before it becomes `None` or `Error::Timeout`.
+pub(crate) struct Refusal {
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) reason: &'static str,
+}
+
+impl Limiter {
+    pub(crate) fn new(
+        name: &str,
+        spec: LimiterSpec,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            key: StateKey::new(name),
+            shared: Arc::new(Shared {
+                name: name.into(),
+                spec,
+                engine,
+                metrics,
+            }),
+        }
+    }
+
+    /// The limiter's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The validated policy.
+    pub fn spec(&self) -> &LimiterSpec {
+        &self.shared.spec
+    }
+
+    /// Where this limiter's state lives in the store.
+    pub fn state_key(&self) -> &StateKey {
+        &self.key
+    }
+
+    /// A limiter with the same policy and metrics whose state is its own,
+    /// for `key` (a user id, an IP, an API key; any string is safe).
+    /// Calling `key` on a per-key limiter narrows it further.
+    pub fn key(&self, key: impl AsRef<str>) -> Limiter {
+        Limiter {
+            shared: self.shared.clone(),
+            key: self.key.child(key.as_ref()),
+        }
+    }
+
+    /// A snapshot of the metrics of this limiter (shared with its per-key children).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            key: &self.key,
+            metrics: &self.shared.metrics,
+        }
+    }
+
+    /// Waits for a permit, bounded by the limiter's configured `timeout`
+    /// (forever when it has none).
+    ///
+    /// A rate slot is reserved at once and the call sleeps until it begins;
+    /// if the earliest slot lies beyond the timeout, nothing is reserved and
+    /// the call fails at once with [`Error::Timeout`]. Dropping the future
+    /// while it waits leaves no concurrency slot held (a rate slot already
+    /// reserved stays spent: that errs towards admitting less).
+    pub async fn acquire(&self) -> Result<Permit> {
+        match self.shared.spec.timeout {
+            Some(t) => self.acquire_timeout(t).await,
+            None => {
+                self.run(Wait::Until {
+                    deadline: None,
+                    bound: None,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Like [`acquire`](Self::acquire), bounded by `timeout` instead of the configured one.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.run(Wait::Until {
+            deadline,
+            bound: Some(timeout),
+        })
+        .await
+    }
+
+    /// A permit if one is free right now, without waiting; `None` otherwise.
+    pub async fn try_acquire(&self) -> Result<Option<Permit>> {
+        match self.obtain(Wait::No).await? {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                self.shared.metrics.record_timeout();
+                Ok(None)
+            }
+        }
+    }
+
+    async fn run(&self, wait: Wait) -> Result<Permit> {
+        match self.obtain(wait).await? {
+            Ok(permit) => Ok(permit),
+            Err(refusal) => {
+                self.shared.metrics.record_timeout();
+                let Wait::Until { bound, .. } = wait else {
+                    unreachable!("run() is only called with a deadline")
+                };
+                Err(self.timeout_error(bound.unwrap_or(Duration::MAX), refusal))
+            }
+        }
+    }
+
+    pub(crate) fn timeout_error(&self, timeout: Duration, refusal: Refusal) -> Error {
+        Error::Timeout {
+            limiter: self.shared.name.to_string(),
+            timeout,
+            retry_after: refusal.retry_after,
+            reason: refusal.reason,
+        }
+    }
+
+    /// The whole decision: a concurrency slot first (so no rate token is spent
+    /// while queueing for a slot), then a rate slot, then the sleep until it.
+    async fn obtain(&self, wait: Wait) -> Result<Result<Permit, Refusal>> {
+        let start = Instant::now();
+        let spec = &self.shared.spec;
+        let lease = match &spec.concurrency {
+            None => None,
+            Some(c) => match self.take_slot(c, wait).await? {
+                Ok(lease) => lease,
+                Err(refusal) => return Ok(Err(refusal)),
+            },
+        };
+        if let Some(rate) = &spec.rate {
+            let max_wait = wait.remaining(Instant::now()).unwrap_or(Duration::MAX);
+            match self.shared.engine.reserve(self.ctx(), rate, max_wait).await {
+                Ok(Reservation::Granted { wait }) => {
+                    if !wait.is_zero() {
+                        // `lease` is held across the sleep; dropping this
+                        // future drops it and frees the slot.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Ok(Reservation::Denied { retry_after }) => {
+                    return Ok(Err(Refusal {
+                        retry_after: Some(retry_after),
+                        reason: rate_reason(rate),
+                    }))
+                }
+                Err(e) => self.backend_failure(e, "reserve")?,
+            }
+        }
+        let waited = start.elapsed();
+        self.shared.metrics.record_acquisition(waited);
+        Ok(Ok(Permit {
+            limiter: self.shared.name.clone(),
+            lease,
+            waited,
+        }))
+    }
+
+    /// Takes a concurrency slot, waiting for a release within `wait`.
+    /// `Ok(None)` is a grant without a slot (the store failed and the limiter fails open).
+    async fn take_slot(
+        &self,
+        spec: &ConcurrencySpec,
+        wait: Wait,
+    ) -> Result<Result<Option<LeaseGuard>, Refusal>> {
+        let holder = HolderId::new();
+        let mut signal: Option<ReleaseSignal> = None;
+        let mut signal_failed = false;
+        let mut counted_cap = false;
+        loop {
+            // Armed until the engine answers: if this future is dropped while
+            // the request is in flight, the slot it may have taken is freed.
+            let pending = PendingLease::arm(self, holder.clone());
+            match self
+                .shared
+                .engine
+                .acquire_lease(self.ctx(), &holder, spec)
+                .await
+            {
+                Ok(LeaseOutcome::Acquired { .. }) => {
+                    return Ok(Ok(Some(pending.into_guard(spec.lease))))
+                }
+                Ok(LeaseOutcome::Full { retry_after }) => {
+                    pending.disarm();
+                    if !counted_cap {
+                        self.shared.metrics.record_cap_reached();
+                        counted_cap = true;
+                    }
+                    let remaining = wait.remaining(Instant::now());
+                    if remaining == Some(Duration::ZERO) {
+                        return Ok(Err(Refusal {
+                            retry_after: Some(retry_after),
+                            reason: "concurrency",
+                        }));
+                    }
+                    if signal.is_none() && !signal_failed {
+                        match self.shared.engine.subscribe_releases(self.ctx()).await {
+                            // Subscribed: ask again at once, a release may have
+                            // come between the answer and the subscription.
+                            Ok(s) => {
+                                signal = Some(s);
+                                continue;
+                            }
+                            Err(e) => {
+                                signal_failed = true;
+                                tracing::warn!(limiter = %self.shared.name, error = %e,
+                                    "cannot subscribe to slot releases; polling instead");
+                            }
+                        }
+                    }
+                    let mut nap = RELEASE_POLL.min(retry_after.max(Duration::from_millis(1)));
+                    if let Some(r) = remaining {
+                        nap = nap.min(r);
+                    }
+                    match signal.as_mut() {
+                        Some(s) => {
+                            let _ = tokio::time::timeout(nap, s.released()).await;
+                        }
+                        None => tokio::time::sleep(nap).await,
+                    }
+                }
+                Err(e) => {
+                    // `pending` stays armed: the slot may have been taken before the failure.
+                    drop(pending);
+                    self.backend_failure(e, "acquire_lease")?;
+                    return Ok(Ok(None));
+                }
+            }
+        }
+    }
+
+    /// Applies the failure mode to a store error: `Ok` to admit (fail open),
+    /// `Err` to deny (fail closed). Counted and logged either way.
+    pub(crate) fn backend_failure(&self, e: BackendError, op: &'static str) -> Result<()> {
+        let s = &self.shared;
+        s.metrics.record_backend_error();
+        if e.cas_exhausted {
+            tracing::warn!(limiter = %s.name, store = %s.spec.store, op, error = %e, "compare-and-set retries exhausted");
+        }
+        match s.spec.on_backend_error {
+            FailureMode::FailOpen => {
+                tracing::warn!(limiter = %s.name, store = %s.spec.store, op, error = %e,
+                    "store failed; admitting (on_backend_error = fail_open)");
+                Ok(())
+            }
+            FailureMode::FailClosed => {
+                tracing::error!(limiter = %s.name, store = %s.spec.store, op, error = %e,
+                    "store failed; denying (on_backend_error = fail_closed)");
+                Err(Error::Backend {
+                    limiter: s.name.to_string(),
+                    store: s.spec.store.clone(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Reads this limiter's state (remaining tokens or window count, holders,
+    /// reset time) without consuming anything. For a per-key limiter, call it
+    /// on `limiter.key(k)`.
+    pub async fn state(&self) -> Result<LimiterState> {
+        let s = &self.shared;
+        let wrap = |e: BackendError| {
+            s.metrics.record_backend_error();
+            Error::Backend {
+                limiter: s.name.to_string(),
+                store: s.spec.store.clone(),
+                source: e,
+            }
+        };
+        let rate = match &s.spec.rate {
+            Some(r) => Some(s.engine.rate_state(self.ctx(), r).await.map_err(wrap)?),
+            None => None,
+        };
+        let concurrency = match &s.spec.concurrency {
+            Some(c) => Some(s.engine.lease_state(self.ctx(), c).await.map_err(wrap)?),
+            None => None,
+        };
+        Ok(LimiterState { rate, concurrency })
+    }
+}
+
+pub(crate) fn rate_reason(rate: &RateSpec) -> &'static str {
+    match rate {
+        RateSpec::TokenBucket(_) => "rate",
+        RateSpec::SlidingWindow(_) => "window",
+    }
+}
+
+/// Permission to proceed. Holds a concurrency slot (if the limiter has a
+/// cap) until dropped or [`release`](Self::release)d.
+#[must_use = "dropping a permit at once frees its concurrency slot at once"]
+pub struct Permit {
+    limiter: Arc<str>,
+    lease: Option<LeaseGuard>,
+    waited: Duration,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("limiter", &self.limiter)
+            .field("holds_slot", &self.holds_slot())
+            .field("waited", &self.waited)
+            .finish()
+    }
+}
+
+impl Permit {
+    pub(crate) fn new(limiter: Arc<str>, lease: Option<LeaseGuard>, waited: Duration) -> Self {
+        Self {
+            limiter,
+            lease,
+            waited,
+        }
+    }
+
+    /// The limiter that granted it.
+    pub fn limiter(&self) -> &str {
+        &self.limiter
+    }
+
+    /// How long the acquire waited.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// True when the permit holds a concurrency slot.
+    pub fn holds_slot(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Frees the concurrency slot now and waits until the store confirmed it.
+    /// Dropping the permit does the same in the background.
+    pub async fn release(mut self) -> Result<()> {
+        match self.lease.take() {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A slot requested but not yet confirmed; frees it if dropped while armed.
+pub(crate) struct PendingLease {
+    limiter: Limiter,
+    holder: Option<HolderId>,
+}
+
+impl PendingLease {
+    pub(crate) fn arm(limiter: &Limiter, holder: HolderId) -> Self {
+        Self {
+            limiter: limiter.clone(),
+            holder: Some(holder),
+        }
+    }
+
+    pub(crate) fn disarm(mut self) {
+        self.holder = None;
+    }
+
+    pub(crate) fn into_guard(mut self, lease: Duration) -> LeaseGuard {
+        let holder = self.holder.take().unwrap_or_default();
+        LeaseGuard::new(self.limiter.clone(), holder, lease)
+    }
+}
+
+impl Drop for PendingLease {
+    fn drop(&mut self) {
+        if let Some(holder) = self.holder.take() {
+            release_in_background(&self.limiter, holder);
+        }
+    }
+}
+
+/// Frees `holder`'s slot without awaiting: at once where the engine can,
+/// else on a spawned task. Without a runtime the lease simply runs out.
+fn release_in_background(limiter: &Limiter, holder: HolderId) {
+    if limiter
+        .shared
+        .engine
+        .release_lease_now(limiter.ctx(), &holder)
+        .is_some()
+    {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            let limiter = limiter.clone();
+            handle.spawn(async move {
+                if let Err(e) = limiter.shared.engine.release_lease(limiter.ctx(), &holder).await {
+                    limiter.shared.metrics.record_backend_error();
+                    tracing::warn!(limiter = %limiter.shared.name, error = %e,
+                        "could not release a concurrency slot; it frees itself when its lease runs out");
+                }
+            });
+        }
+        Err(_) => tracing::warn!(limiter = %limiter.shared.name,
+            "permit dropped outside a tokio runtime; its slot frees itself when its lease runs out"),
+    }
+}
+
+/// A held concurrency slot: renewed in the background while it lives, freed on drop.
+pub(crate) struct LeaseGuard {
+    limiter: Limiter,
+    holder: HolderId,
+    renewer: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl LeaseGuard {
+    fn new(limiter: Limiter, holder: HolderId, lease: Duration) -> Self {
+        limiter.shared.metrics.slot_taken();
+        let renewer = tokio::runtime::Handle::try_current().ok().map(|h| {
+            let limiter = limiter.clone();
+            let holder = holder.clone();
+            // Renewing at a third of the lease survives two lost renewals.
+            let every = (lease / 3).max(Duration::from_millis(10));
+            h.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match limiter.shared.engine.renew_lease(limiter.ctx(), &holder, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(limiter = %limiter.shared.name, holder = %holder,
+                                "concurrency lease was lost before the permit was dropped (renewals failed for longer than lease_seconds)");
+                            return;
+                        }
+                        Err(e) => {
+                            limiter.shared.metrics.record_backend_error();
+                            tracing::warn!(limiter = %limiter.shared.name, error = %e, "could not renew a concurrency lease");
+                        }
+                    }
+                }
+            })
+        });
+        Self {
+            limiter,
+            holder,
+            renewer,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        self.limiter.shared.metrics.slot_released();
+    }
+
+    async fn release(mut self) -> Result<()> {
+        self.finish();
+        let l = &self.limiter;
+        match l.shared.engine.release_lease(l.ctx(), &self.holder).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                l.shared.metrics.record_backend_error();
+                Err(Error::Backend {
+                    limiter: l.shared.name.to_string(),
+                    store: l.shared.spec.store.clone(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish();
+            release_in_background(&self.limiter, self.holder.clone());
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Per-limiter counters, updated with atomics on the hot path, and their snapshots.
+//!
+//! One [`Metrics`] belongs to each named limiter and is shared by all its
+//! per-key children, so cardinality stays bounded however many keys exist.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Upper bounds (inclusive, in milliseconds) of the wait-time histogram buckets;
+/// a last bucket holds everything above.
+pub const WAIT_BUCKETS_MS: [f64; 14] = [
+    0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// The live counters of one limiter (DESIGN.md §4).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    total_acquisitions: AtomicU64,
+    total_wait_us: AtomicU64,
+    max_wait_us: AtomicU64,
+    timeouts: AtomicU64,
+    cas_failures: AtomicU64,
+    last_acquisition_at_ms: AtomicU64,
+    current_concurrent: AtomicI64,
+    max_concurrent_reached: AtomicU64,
+    total_releases: AtomicU64,
+    backend_errors: AtomicU64,
+    wait_buckets: [AtomicU64; WAIT_BUCKETS_MS.len() + 1],
+}
+
+/// A point-in-time copy of a limiter's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    /// Permits granted (by `acquire`, `try_acquire` or `check_all`).
+    pub total_acquisitions: u64,
+    /// Summed wait of the granted permits, in milliseconds.
+    pub total_wait_time_ms: f64,
+    /// `total_wait_time_ms / total_acquisitions` (0 when none).
+    pub avg_wait_time_ms: f64,
+    /// The longest wait of a granted permit, in milliseconds.
+    pub max_wait_time_ms: f64,
+    /// Refused `try_acquire` calls plus `acquire` calls that timed out.
+    pub timeouts: u64,
+    /// Compare-and-set conflicts met by the engine (NATS); 0 for atomic engines.
+    pub cas_failures: u64,
+    /// Unix time in seconds of the last grant, if any.
+    pub last_acquisition_at: Option<f64>,
+    /// Concurrency slots this process holds now.
+    pub current_concurrent: i64,
+    /// Times an acquire found every concurrency slot taken.
+    pub max_concurrent_reached: u64,
+    /// Concurrency slots given back.
+    pub total_releases: u64,
+    /// Store failures, whatever the failure mode did with them.
+    pub backend_errors: u64,
+    /// Grants by wait time: `(upper bound in ms, count)`, the last bound infinite.
+    pub wait_histogram: Vec<(f64, u64)>,
+}
+
+impl Metrics {
+    /// Fresh counters, all zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts a granted permit that waited `wait`.
+    pub fn record_acquisition(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.total_acquisitions.fetch_add(1, Relaxed);
+        self.total_wait_us.fetch_add(us, Relaxed);
+        self.max_wait_us.fetch_max(us, Relaxed);
+        let ms = wait.as_secs_f64() * 1000.0;
+        let bucket = WAIT_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(WAIT_BUCKETS_MS.len());
+        self.wait_buckets[bucket].fetch_add(1, Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_acquisition_at_ms.fetch_max(now_ms, Relaxed);
+    }
+
+    /// Counts a refusal (`try_acquire` denied, `acquire` timed out).
+    pub fn record_timeout(&self) {
+        self.timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// Counts `n` compare-and-set conflicts.
+    pub fn record_cas_failures(&self, n: u64) {
+        self.cas_failures.fetch_add(n, Relaxed);
+    }
+
+    /// Counts a store failure.
+    pub fn record_backend_error(&self) {
+        self.backend_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an acquire that found every concurrency slot taken.
+    pub fn record_cap_reached(&self) {
+        self.max_concurrent_reached.fetch_add(1, Relaxed);
+    }
+
+    /// A concurrency slot was taken.
+    pub fn slot_taken(&self) {
+        self.current_concurrent.fetch_add(1, Relaxed);
+    }
+
+    /// A concurrency slot was given back.
+    pub fn slot_released(&self) {
+        self.current_concurrent.fetch_sub(1, Relaxed);
+        self.total_releases.fetch_add(1, Relaxed);
+    }
+
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let total = self.total_acquisitions.load(Relaxed);
+        let wait_ms = self.total_wait_us.load(Relaxed) as f64 / 1000.0;
+        let last_ms = self.last_acquisition_at_ms.load(Relaxed);
+        MetricsSnapshot {
+            total_acquisitions: total,
+            total_wait_time_ms: wait_ms,
+            avg_wait_time_ms: if total == 0 {
+                0.0
+            } else {
+                wait_ms / total as f64
+            },
+            max_wait_time_ms: self.max_wait_us.load(Relaxed) as f64 / 1000.0,
+            timeouts: self.timeouts.load(Relaxed),
+            cas_failures: self.cas_failures.load(Relaxed),
+            last_acquisition_at: (last_ms != 0).then(|| last_ms as f64 / 1000.0),
+            current_concurrent: self.current_concurrent.load(Relaxed),
+            max_concurrent_reached: self.max_concurrent_reached.load(Relaxed),
+            total_releases: self.total_releases.load(Relaxed),
+            backend_errors: self.backend_errors.load(Relaxed),
+            wait_histogram: WAIT_BUCKETS_MS
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(self.wait_buckets.iter().map(|b| b.load(Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_derives_average_max_and_buckets() {
+        let m = Metrics::new();
+        m.record_acquisition(Duration::ZERO);
+        m.record_acquisition(Duration::from_millis(30));
+        m.record_acquisition(Duration::from_secs(20));
+        m.record_timeout();
+        let s = m.snapshot();
+        assert_eq!(s.total_acquisitions, 3);
+        assert_eq!(s.total_wait_time_ms, 20_030.0);
+        assert!((s.avg_wait_time_ms - 20_030.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.max_wait_time_ms, 20_000.0);
+        assert_eq!(s.timeouts, 1);
+        assert_eq!(s.wait_histogram[0], (0.0, 1));
+        assert_eq!(s.wait_histogram[6], (50.0, 1));
+        assert_eq!(s.wait_histogram.last().map(|b| b.1), Some(1));
+        assert!(s.last_acquisition_at.is_some());
+    }
+}

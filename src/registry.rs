@@ -1,0 +1,261 @@
+//! The registry: stores and named limiters built from configuration, and the process-wide default.
+
+use crate::config::{self, Config, EngineKind, LimiterConfig, StoreConfig, DEFAULT_STORE};
+use crate::engine::memory::MemoryEngine;
+use crate::engine::Engine;
+use crate::error::{ConfigError, Error, Result};
+use crate::limiter::{Limiter, Permit};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+use tokio::sync::OnceCell;
+
+/// Named limiters and the stores behind them. Cheap to clone (an `Arc` inside).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+/// let registry = ratesync::Registry::from_toml_str(r#"
+///     [limiters.api]
+///     rate_per_second = 50.0
+///     burst = 5
+/// "#).await?;
+/// assert_eq!(registry.names(), ["api"]);
+/// let err = registry.limiter("apj").unwrap_err();
+/// assert_eq!(err.to_string(), "no limiter named `apj`; known limiters: api");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    stores: RwLock<BTreeMap<String, Arc<dyn Engine>>>,
+    limiters: RwLock<BTreeMap<String, Limiter>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// A registry with only the built-in in-memory store (named `memory`) and no limiters.
+    pub fn new() -> Self {
+        let mut stores: BTreeMap<String, Arc<dyn Engine>> = BTreeMap::new();
+        stores.insert(DEFAULT_STORE.to_string(), Arc::new(MemoryEngine::new()));
+        Self {
+            inner: Arc::new(Inner {
+                stores: RwLock::new(stores),
+                limiters: RwLock::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Builds stores (connecting to their backends) and limiters from `config`.
+    pub async fn from_config(config: Config) -> Result<Self> {
+        let registry = Self::new();
+        for (name, store) in &config.stores {
+            let engine = connect(&config.source_name, name, store).await?;
+            registry.write_stores().insert(name.clone(), engine);
+        }
+        for (name, spec) in config.limiters {
+            let engine = registry.store(&spec.store).ok_or_else(|| {
+                ConfigError::new(
+                    &config.source_name,
+                    format!("limiters.{name}.store"),
+                    format!("no store named `{}`", spec.store),
+                )
+            })?;
+            let limiter = Limiter::new(&name, spec, engine, Arc::new(Metrics::new()));
+            registry.write_limiters().insert(name, limiter);
+        }
+        Ok(registry)
+    }
+
+    /// Parses TOML text (with `${VAR}` expansion) and builds the registry.
+    pub async fn from_toml_str(text: &str) -> Result<Self> {
+        Self::from_config(Config::from_toml_str(text)?).await
+    }
+
+    /// Reads the TOML file at `path` and builds the registry.
+    pub async fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_config(Config::from_file(path)?).await
+    }
+
+    /// Reads `$RATESYNC_CONFIG`, else `./ratesync.toml`, else `./config.toml`.
+    pub async fn from_default_location() -> Result<Self> {
+        Self::from_config(Config::from_default_location()?).await
+    }
+
+    fn write_stores(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn Engine>>> {
+        self.inner
+            .stores
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_limiters(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Limiter>> {
+        self.inner
+            .limiters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The engine of store `name`.
+    pub fn store(&self, name: &str) -> Option<Arc<dyn Engine>> {
+        self.inner
+            .stores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Adds (or replaces) a store backed by `engine`, for engines built in code.
+    pub fn add_store(&self, name: impl Into<String>, engine: Arc<dyn Engine>) {
+        self.write_stores().insert(name.into(), engine);
+    }
+
+    /// The limiter called `name`.
+    pub fn limiter(&self, name: &str) -> Result<Limiter> {
+        let limiters = self
+            .inner
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        limiters
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownLimiter {
+                name: name.to_string(),
+                known: limiters.keys().cloned().collect(),
+            })
+    }
+
+    /// The names of all limiters, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.inner
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Registers a limiter from code, validated exactly like a `[limiters.NAME]`
+    /// table. Fails if the name is taken.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+    /// use ratesync::{LimiterConfig, Registry};
+    /// let reg = Registry::new();
+    /// let jobs = reg.register("jobs", LimiterConfig::concurrency(2))?;
+    /// let (a, b) = (jobs.acquire().await?, jobs.acquire().await?);
+    /// assert!(jobs.try_acquire().await?.is_none());
+    /// # drop((a, b)); Ok(()) }
+    /// ```
+    pub fn register(&self, name: &str, config: LimiterConfig) -> Result<Limiter> {
+        if name.is_empty() {
+            return Err(
+                ConfigError::new("<registered>", "limiters", "names must not be empty").into(),
+            );
+        }
+        let store_names: Vec<String> = self
+            .inner
+            .stores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        let spec = config::validate_registered(
+            name,
+            &config,
+            |s| store_names.iter().any(|n| n == s),
+            &store_names,
+        )?;
+        let engine = self.store(&spec.store).ok_or_else(|| {
+            ConfigError::new(
+                "<registered>",
+                format!("limiters.{name}.store"),
+                format!("no store named `{}`", spec.store),
+            )
+        })?;
+        let mut limiters = self.write_limiters();
+        if limiters.contains_key(name) {
+            return Err(ConfigError::new(
+                "<registered>",
+                format!("limiters.{name}"),
+                "a limiter of this name already exists; choose another name",
+            )
+            .into());
+        }
+        let limiter = Limiter::new(name, spec, engine, Arc::new(Metrics::new()));
+        limiters.insert(name.to_string(), limiter.clone());
+        Ok(limiter)
+    }
+
+    /// A snapshot of every limiter's metrics, by name.
+    pub fn metrics(&self) -> BTreeMap<String, MetricsSnapshot> {
+        self.inner
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(n, l)| (n.clone(), l.metrics()))
+            .collect()
+    }
+}
+
+async fn connect(source: &str, name: &str, store: &StoreConfig) -> Result<Arc<dyn Engine>> {
+    match store.engine {
+        EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
+        other => Err(ConfigError::new(
+            source,
+            format!("stores.{name}.engine"),
+            format!("engine `{}` is not available in this build", other.as_str()),
+        )
+        .into()),
+    }
+}
+
+static DEFAULT: OnceCell<Registry> = OnceCell::const_new();
+
+/// The process-wide default registry, read on first use from
+/// `$RATESYNC_CONFIG`, else `./ratesync.toml`, else `./config.toml`
+/// (unless [`set_default_registry`] installed one first).
+pub async fn default_registry() -> Result<&'static Registry> {
+    DEFAULT
+        .get_or_try_init(Registry::from_default_location)
+        .await
+}
+
+/// Installs `registry` as the default. Fails (returning it) if a default
+/// was already installed or loaded.
+pub fn set_default_registry(registry: Registry) -> std::result::Result<(), Registry> {
+    DEFAULT.set(registry).map_err(|e| match e {
+        tokio::sync::SetError::AlreadyInitializedError(r)
+        | tokio::sync::SetError::InitializingError(r) => r,
+    })
+}
+
+/// Waits for a permit of the default registry's limiter `name`: the zero-setup path for scripts.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> ratesync::Result<()> {
+/// let _permit = ratesync::acquire("api").await?;
+/// # Ok(()) }
+/// ```
+pub async fn acquire(name: &str) -> Result<Permit> {
+    default_registry().await?.limiter(name)?.acquire().await
+}
+
+/// A permit of the default registry's limiter `name` if one is free now.
+pub async fn try_acquire(name: &str) -> Result<Option<Permit>> {
+    default_registry().await?.limiter(name)?.try_acquire().await
+}
