@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 const SHARDS: usize = 64;
 /// A shard is swept when it has grown to this many keys since its last sweep.
-const MIN_SWEEP_LEN: usize = 1024;
+const MIN_SWEEP_LEN: usize = 64;
 
 /// The state of one key. A key carries at most one rate state and one set of leases.
 #[derive(Debug, Default)]
@@ -398,7 +398,61 @@ impl Engine for MemoryEngine {
     }
 }
 
-/// A shared in-memory engine, as the registry's built-in `memory` store uses.
-pub fn shared() -> Arc<MemoryEngine> {
-    Arc::new(MemoryEngine::new())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcra::Gcra;
+    use crate::key::StateKey;
+    use crate::metrics::Metrics;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keys_are_forgotten() {
+        let engine = MemoryEngine::new();
+        let metrics = Metrics::new();
+        let rate = RateSpec::TokenBucket(Gcra::new(100.0, 1).unwrap_or_else(|| unreachable!()));
+        let base = StateKey::new("ip");
+        let mut peak = 0;
+        // Five rounds of 20,000 distinct keys, each idle 10 ms after use.
+        for round in 0..5 {
+            for i in 0..20_000 {
+                let key = base.child(&format!("{round}-{i}"));
+                let ctx = Ctx {
+                    key: &key,
+                    metrics: &metrics,
+                };
+                engine
+                    .reserve(ctx, &rate, Duration::ZERO)
+                    .await
+                    .unwrap_or_else(|_| unreachable!());
+                peak = peak.max(engine.len());
+            }
+            tokio::time::advance(Duration::from_millis(20)).await;
+        }
+        // Without sweeping 100,000 keys would be held; with it, about two rounds' worth at most.
+        assert!(peak < 45_000, "peak {peak} keys");
+        engine.sweep();
+        assert_eq!(engine.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_keys_survive_a_sweep() {
+        let engine = MemoryEngine::new();
+        let metrics = Metrics::new();
+        let rate = RateSpec::TokenBucket(Gcra::new(1.0, 1).unwrap_or_else(|| unreachable!()));
+        let key = StateKey::new("api");
+        let ctx = Ctx {
+            key: &key,
+            metrics: &metrics,
+        };
+        assert!(matches!(
+            engine.reserve(ctx, &rate, Duration::ZERO).await,
+            Ok(Reservation::Granted { .. })
+        ));
+        engine.sweep();
+        assert_eq!(engine.len(), 1);
+        assert!(matches!(
+            engine.reserve(ctx, &rate, Duration::ZERO).await,
+            Ok(Reservation::Denied { .. })
+        ));
+    }
 }
