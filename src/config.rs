@@ -117,6 +117,16 @@ pub enum FailureMode {
     FailOpen,
 }
 
+impl FailureMode {
+    /// The name used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::FailClosed => "fail_closed",
+            FailureMode::FailOpen => "fail_open",
+        }
+    }
+}
+
 /// A `[limiters.NAME]` table as written, before validation.
 ///
 /// Also the way to register a limiter from code: fill in the fields and pass

@@ -1,0 +1,66 @@
+//! try_acquire on the in-memory engine: one key and 10,000 keys, from one
+//! task and from two OS threads. Run with `cargo bench --bench memory`.
+//!
+//! The limit is set far above the offered load so every call takes the grant
+//! path (a decision that stores new state), the more expensive of the two.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ratesync::{Limiter, LimiterConfig, Registry};
+use std::time::{Duration, Instant};
+
+fn limiters(keys: usize) -> Vec<Limiter> {
+    let reg = Registry::new();
+    let lim = reg
+        .register("bench", LimiterConfig::token_bucket(1e9, 1_000_000_000))
+        .expect("valid limiter");
+    if keys == 1 {
+        vec![lim]
+    } else {
+        (0..keys).map(|i| lim.key(format!("user:{i}"))).collect()
+    }
+}
+
+/// Runs `iters` try_acquire calls spread over `threads` OS threads, each on
+/// its own single-threaded runtime, and returns the wall time.
+fn run(limiters: &[Limiter], threads: usize, iters: u64) -> Duration {
+    let per_thread = iters / threads as u64;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let n = limiters.len();
+                    for i in 0..per_thread {
+                        let lim = &limiters[(i as usize * 7919 + t * 4999) % n];
+                        let p = lim.try_acquire().await.expect("memory engine never fails");
+                        assert!(p.is_some());
+                    }
+                });
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_try_acquire");
+    g.throughput(Throughput::Elements(1));
+    for keys in [1usize, 10_000] {
+        let lims = limiters(keys);
+        for threads in [1usize, 2] {
+            g.bench_with_input(
+                BenchmarkId::new(format!("{keys}_keys"), format!("{threads}_threads")),
+                &threads,
+                |b, &threads| b.iter_custom(|iters| run(&lims, threads, iters.max(threads as u64))),
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
