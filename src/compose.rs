@@ -2,7 +2,7 @@
 
 use crate::engine::{BatchReservation, Ctx, HolderId, LeaseOutcome};
 use crate::error::{Error, Result};
-use crate::limiter::{rate_reason, Limiter, PendingLease, Permit};
+use crate::limiter::{give_back, rate_reason, release_after_failure, LeaseGuard, Limiter, Permit};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,17 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
         }
     }
 
+    if let Some(first) = with_rate.first() {
+        if !first.shared().engine.atomic_batches() {
+            return Err(Error::Unsupported(format!(
+                "check_all needs a store that decides several keys atomically, but `{}` uses store `{}` ({} engine), which cannot; use a Redis, Postgres or memory store for these limiters, or call them one by one",
+                first.name(),
+                first.spec().store,
+                first.shared().engine.kind()
+            )));
+        }
+    }
+
     for (i, a) in limiters.iter().enumerate() {
         if limiters[..i].iter().any(|b| b.state_key() == a.state_key()) {
             return Err(Error::Unsupported(format!(
@@ -70,23 +81,22 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
             continue;
         };
         let holder = HolderId::new();
-        let pending = PendingLease::arm(l, holder.clone());
-        match l
-            .shared()
-            .engine
-            .acquire_lease(l.ctx(), &holder, spec)
-            .await
-        {
-            Ok(LeaseOutcome::Acquired { .. }) => leases.push(Some(pending.into_guard(spec.lease))),
+        match l.request_lease(&holder, spec).await {
+            Ok(LeaseOutcome::Acquired { .. }) => {
+                leases.push(Some(LeaseGuard::new((*l).clone(), holder, spec.lease)))
+            }
             Ok(LeaseOutcome::Full { .. }) => {
-                pending.disarm();
                 l.shared().metrics.record_cap_reached();
                 l.shared().metrics.record_timeout();
+                give_back_all(leases).await;
                 return Ok(None);
             }
             Err(e) => {
-                drop(pending);
-                l.backend_failure(e, "acquire_lease")?;
+                release_after_failure(l, holder);
+                if let Err(denied) = l.backend_failure(e, "acquire_lease") {
+                    give_back_all(leases).await;
+                    return Err(denied);
+                }
                 leases.push(None);
             }
         }
@@ -113,13 +123,17 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
                         "check_all refused"
                     );
                 }
+                give_back_all(leases).await;
                 return Ok(None);
             }
             Err(e) => {
                 // One store decided for all: each limiter applies its own mode,
                 // and any that fails closed denies the whole decision.
                 for l in &with_rate {
-                    l.backend_failure(e.clone(), "reserve_all")?;
+                    if let Err(denied) = l.backend_failure(e.clone(), "reserve_all") {
+                        give_back_all(leases).await;
+                        return Err(denied);
+                    }
                 }
             }
         }
@@ -134,4 +148,11 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
         })
         .collect();
     Ok(Some(permits))
+}
+
+/// Frees the slots taken for a decision that was then refused, before answering.
+async fn give_back_all(leases: Vec<Option<LeaseGuard>>) {
+    for lease in leases {
+        give_back(lease).await;
+    }
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub limiters: BTreeMap<String, LimiterSpec>,
     /// Where the configuration came from (a path or `<string>`), for messages.
     pub source_name: String,
+    /// The `[alerts]` table, if any (see [`crate::alert`]).
+    pub alerts: Option<crate::alert::AlertConfig>,
 }
 
 /// The backends a store can use.
@@ -75,12 +77,96 @@ impl EngineKind {
 pub struct StoreConfig {
     /// Which backend.
     pub engine: EngineKind,
-    /// Where the backend is (not for `memory`).
-    #[serde(default)]
+    /// Where the backend is (not for `memory`). Postgres also takes it as
+    /// `dsn`, in URL or `key=value` form.
+    #[serde(default, alias = "dsn")]
     pub url: Option<String>,
     /// Namespace inside the backend (default `ratesync`).
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// Seconds a backend request may take before it counts as failed (default 2).
+    #[serde(default)]
+    pub response_timeout: Option<f64>,
+    /// Postgres: connections in the pool (default 8).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// Postgres: the schema holding ratesync's tables and functions (default `ratesync`).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Postgres: seconds between sweeps of idle rows (default 30).
+    #[serde(default)]
+    pub sweep_seconds: Option<f64>,
+    /// Postgres with `sslmode=require`, NATS with `tls://`: a PEM file of CA
+    /// certificates to trust (a private CA, a self-signed server).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// NATS: the JetStream key-value bucket (default `ratesync`), created at
+    /// connect when absent.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// NATS: compare-and-set attempts per decision before it fails (default 16).
+    #[serde(default)]
+    pub max_cas_retries: Option<u32>,
+    /// NATS: a `.creds` file (JWT and NKey seed) to authenticate with.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// NATS: seconds an untouched key is kept (the bucket's max age, default
+    /// 86,400). Must outlast every limiter's state; checked at load.
+    #[serde(default)]
+    pub max_age_seconds: Option<f64>,
+    /// Shifts this process's clock by this many milliseconds, to test how an
+    /// engine copes with skewed hosts. Engines that read the backend's clock
+    /// (memory, Redis, Postgres) are unaffected by it by construction.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+}
+
+impl StoreConfig {
+    /// The namespace inside the backend.
+    pub fn prefix(&self) -> &str {
+        self.key_prefix.as_deref().unwrap_or("ratesync")
+    }
+
+    /// The bound on one backend request.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+            .and_then(positive_duration)
+            .unwrap_or(Duration::from_secs(2))
+    }
+
+    /// Postgres: connections in the pool.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size.map_or(8, |n| n.max(1) as usize)
+    }
+
+    /// Postgres: the schema name.
+    pub fn schema(&self) -> &str {
+        self.schema.as_deref().unwrap_or("ratesync")
+    }
+
+    /// NATS: the bucket name.
+    pub fn bucket(&self) -> &str {
+        self.bucket.as_deref().unwrap_or("ratesync")
+    }
+
+    /// NATS: compare-and-set attempts per decision.
+    pub fn max_cas_retries(&self) -> u32 {
+        self.max_cas_retries.unwrap_or(16).max(1)
+    }
+
+    /// NATS: how long an untouched key is kept.
+    pub fn max_age(&self) -> Duration {
+        self.max_age_seconds
+            .and_then(positive_duration)
+            .unwrap_or(Duration::from_secs(86_400))
+    }
+
+    /// Postgres: the time between sweeps of idle rows.
+    pub fn sweep_interval(&self) -> Duration {
+        self.sweep_seconds
+            .and_then(positive_duration)
+            .unwrap_or(Duration::from_secs(30))
+    }
 }
 
 impl StoreConfig {
@@ -90,6 +176,16 @@ impl StoreConfig {
             engine: EngineKind::Memory,
             url: None,
             key_prefix: None,
+            response_timeout: None,
+            pool_size: None,
+            schema: None,
+            sweep_seconds: None,
+            tls_ca_file: None,
+            bucket: None,
+            max_cas_retries: None,
+            credentials_file: None,
+            max_age_seconds: None,
+            clock_offset_ms: None,
         }
     }
 }
@@ -328,11 +424,17 @@ impl Config {
                         raw_limiters.insert(name, lim);
                     }
                 }
+                "alerts" => {
+                    let alerts: crate::alert::AlertConfig =
+                        deserialize(source_name, "alerts", value)?;
+                    alerts.validate(source_name)?;
+                    config.alerts = Some(alerts);
+                }
                 other => {
                     return Err(ConfigError::new(
                         source_name,
                         other,
-                        "unknown key; expected `stores` or `limiters`",
+                        "unknown key; expected `stores`, `limiters` or `alerts`",
                     ))
                 }
             }
@@ -350,14 +452,59 @@ impl Config {
         name: &str,
         lim: &LimiterConfig,
     ) -> Result<LimiterSpec, ConfigError> {
-        validate_limiter(
+        let spec = validate_limiter(
             &self.source_name,
             name,
             lim,
             |s| s == DEFAULT_STORE || self.stores.contains_key(s),
             &self.stores.keys().cloned().collect::<Vec<_>>(),
-        )
+        )?;
+        if let Some(store) = self.stores.get(&spec.store) {
+            check_state_lifetime(&self.source_name, name, &spec, store)?;
+        }
+        Ok(spec)
     }
+}
+
+/// How long a limiter's state matters after its last change: a bucket until
+/// it is full again, a window until its last grant left it, a lease until it
+/// runs out.
+pub fn state_lifetime(spec: &LimiterSpec) -> Duration {
+    let rate = match &spec.rate {
+        Some(RateSpec::TokenBucket(g)) => {
+            Duration::from_nanos(g.emission_ns().saturating_mul(u64::from(g.burst())))
+        }
+        Some(RateSpec::SlidingWindow(w)) => Duration::from_nanos(w.window_ns()),
+        None => Duration::ZERO,
+    };
+    rate.max(spec.concurrency.map_or(Duration::ZERO, |c| c.lease))
+}
+
+/// A store that forgets untouched keys (NATS KV's max age) must keep them
+/// as long as their state matters, or a forgotten bucket would admit a burst.
+fn check_state_lifetime(
+    source: &str,
+    name: &str,
+    spec: &LimiterSpec,
+    store: &StoreConfig,
+) -> Result<(), ConfigError> {
+    if store.engine != EngineKind::Nats {
+        return Ok(());
+    }
+    let needed = state_lifetime(spec);
+    if needed > store.max_age() {
+        return Err(ConfigError::new(
+            source,
+            format!("limiters.{name}"),
+            format!(
+                "its state matters for {:.0} s after each change, longer than store `{}` keeps an untouched key (max_age_seconds = {:.0}); raise max_age_seconds",
+                needed.as_secs_f64().ceil(),
+                spec.store,
+                store.max_age().as_secs_f64()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn v_table(value: toml::Value) -> Result<toml::Table, toml::Value> {
@@ -414,27 +561,219 @@ fn deserialize<T: serde::de::DeserializeOwned>(
 }
 
 fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(source, format!("{path}.{key}"), msg);
+    if let Some(p) = &store.key_prefix {
+        // Kept to characters that are literal in Redis patterns and NATS subjects.
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+        {
+            return Err(err(
+                "key_prefix",
+                format!("may contain only letters, digits and - _ . : /, got {p:?}"),
+            ));
+        }
+    }
+    if let Some(t) = store.response_timeout {
+        if positive_duration(t).is_none() {
+            return Err(err(
+                "response_timeout",
+                format!("must be a positive number of seconds, got {t}"),
+            ));
+        }
+    }
+    use EngineKind::{Nats, Postgres};
+    let engine_specific: [(&str, bool, &[EngineKind]); 8] = [
+        ("pool_size", store.pool_size.is_some(), &[Postgres]),
+        ("schema", store.schema.is_some(), &[Postgres]),
+        ("sweep_seconds", store.sweep_seconds.is_some(), &[Postgres]),
+        (
+            "tls_ca_file",
+            store.tls_ca_file.is_some(),
+            &[Postgres, Nats],
+        ),
+        ("bucket", store.bucket.is_some(), &[Nats]),
+        ("max_cas_retries", store.max_cas_retries.is_some(), &[Nats]),
+        (
+            "credentials_file",
+            store.credentials_file.is_some(),
+            &[Nats],
+        ),
+        ("max_age_seconds", store.max_age_seconds.is_some(), &[Nats]),
+    ];
+    for (key, set, engines) in engine_specific {
+        if set && !engines.contains(&store.engine) {
+            let names: Vec<&str> = engines.iter().map(|e| e.as_str()).collect();
+            return Err(err(
+                key,
+                format!(
+                    "applies only to engine `{}`, this store's engine is `{}`; remove it",
+                    names.join("` or `"),
+                    store.engine.as_str()
+                ),
+            ));
+        }
+    }
+    if let Some(b) = &store.bucket {
+        if b.is_empty()
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
+            return Err(err(
+                "bucket",
+                format!("may contain only letters, digits, _ and -, got {b:?}"),
+            ));
+        }
+    }
+    if store.max_cas_retries == Some(0) {
+        return Err(err("max_cas_retries", "must be >= 1, got 0".into()));
+    }
+    if let Some(t) = store.max_age_seconds {
+        if positive_duration(t).is_none() {
+            return Err(err(
+                "max_age_seconds",
+                format!("must be a positive number of seconds, got {t}"),
+            ));
+        }
+    }
+    if store.engine == Nats {
+        if let Some(p) = &store.key_prefix {
+            if p.contains(':') || p.starts_with('.') || p.ends_with('.') || p.contains("..") {
+                return Err(err(
+                    "key_prefix",
+                    format!("NATS keys cannot contain `:` or empty `.` tokens; use letters, digits and - _ . /, got {p:?}"),
+                ));
+            }
+        }
+    }
+    if let Some(n) = store.pool_size {
+        if n == 0 {
+            return Err(err("pool_size", "must be >= 1, got 0".into()));
+        }
+    }
+    if let Some(schema) = &store.schema {
+        let mut chars = schema.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && schema.len() <= 50;
+        if !valid {
+            return Err(err(
+                "schema",
+                format!("must be a lower-case SQL name ([a-z_][a-z0-9_]*, at most 50 characters), got {schema:?}"),
+            ));
+        }
+    }
+    if let Some(t) = store.sweep_seconds {
+        if positive_duration(t).is_none() {
+            return Err(err(
+                "sweep_seconds",
+                format!("must be a positive number of seconds, got {t}"),
+            ));
+        }
+    }
     match store.engine {
         EngineKind::Memory => {
             if store.url.is_some() {
-                return Err(ConfigError::new(
-                    source,
-                    format!("{path}.url"),
-                    "the memory engine keeps state in this process and takes no url; remove it or choose another engine",
+                return Err(err(
+                    "url",
+                    "the memory engine keeps state in this process and takes no url; remove it or choose another engine".into(),
                 ));
             }
             Ok(())
         }
-        other => Err(ConfigError::new(
-            source,
-            format!("{path}.engine"),
+        EngineKind::Redis if cfg!(feature = "redis") => match store.url.as_deref() {
+            None => Err(err(
+                "url",
+                "is required for engine `redis`, e.g. url = \"redis://127.0.0.1:6379/0\"".into(),
+            )),
+            Some(u)
+                if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|s| u.starts_with(s)) =>
+            {
+                Err(err(
+                    "url",
+                    format!(
+                        "must start with redis://, rediss:// (TLS) or unix://, got {:?}",
+                        crate::engine::redact_url(u)
+                    ),
+                ))
+            }
+            Some(_) => Ok(()),
+        },
+        EngineKind::Nats if cfg!(feature = "nats") => match store.url.as_deref() {
+            None => Err(err(
+                "url",
+                "is required for engine `nats`, e.g. url = \"nats://127.0.0.1:4222\"".into(),
+            )),
+            Some(u)
+                if !["nats://", "tls://"]
+                    .iter()
+                    .any(|s| u.starts_with(s)) =>
+            {
+                Err(err(
+                    "url",
+                    format!(
+                        "must start with nats:// or tls:// (TLS), got {:?}",
+                        crate::engine::redact_url(u)
+                    ),
+                ))
+            }
+            Some(_) => Ok(()),
+        },
+        EngineKind::Postgres if cfg!(feature = "postgres") => match store.url.as_deref() {
+            None => Err(err(
+                "url",
+                "is required for engine `postgres`, e.g. url = \"postgres://user@127.0.0.1:5432/app\" (or dsn = \"host=... dbname=...\")".into(),
+            )),
+            Some(u) => check_postgres_url(u).map_err(|m| err("url", m)),
+        },
+        other => Err(err(
+            "engine",
             format!(
-                "engine `{}` is not available in this build of ratesync {}; available: memory",
+                "engine `{}` is not available in this build of ratesync {}; available: {}",
                 other.as_str(),
-                env!("CARGO_PKG_VERSION")
+                env!("CARGO_PKG_VERSION"),
+                available_engines().join(", ")
             ),
         )),
     }
+}
+
+#[cfg(feature = "postgres")]
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "is not a valid PostgreSQL URL or key=value DSN ({e}): {:?}",
+                crate::engine::redact_url(url)
+            )
+        })
+}
+
+#[cfg(not(feature = "postgres"))]
+fn check_postgres_url(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+/// The engines compiled into this build.
+pub fn available_engines() -> Vec<&'static str> {
+    let mut v = vec!["memory"];
+    if cfg!(feature = "redis") {
+        v.push("redis");
+    }
+    if cfg!(feature = "postgres") {
+        v.push("postgres");
+    }
+    if cfg!(feature = "nats") {
+        v.push("nats");
+    }
+    v
 }
 
 fn validate_limiter(

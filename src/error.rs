@@ -39,6 +39,17 @@ pub enum Error {
         source: BackendError,
     },
 
+    /// A store could not be reached when the registry was built.
+    #[error("store `{store}` ({url}): cannot connect: {message}; is the service running? (README: Services)")]
+    Connect {
+        /// The store's name.
+        store: String,
+        /// Its URL, without credentials.
+        url: String,
+        /// What the client said.
+        message: String,
+    },
+
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -75,6 +75,15 @@ impl Gcra {
         Some(Self { emission_ns, burst })
     }
 
+    /// A bucket with an exact emission interval (at least 1 ns) and `burst`
+    /// (at least 1), for engines that compute at a coarser granularity.
+    pub fn with_emission_ns(emission_ns: u64, burst: u32) -> Self {
+        Self {
+            emission_ns: emission_ns.max(1),
+            burst: burst.max(1),
+        }
+    }
+
     /// Nanoseconds between two tokens.
     pub fn emission_ns(&self) -> u64 {
         self.emission_ns

@@ -32,16 +32,26 @@
 //! earliest slot within its timeout and sleeps until it, or fails at once.
 //! See the README for the whole contract and the configuration reference.
 //!
+//! A permit dropped rather than released gives its slot back on a background
+//! task; call [`Registry::close`] before the program exits so the runtime
+//! does not shut down under it.
+//!
 //! ## Modules
 //! - [`config`]: the TOML schema, `${VAR}` expansion and validation.
 //! - [`Registry`], [`Limiter`], [`Permit`]: the API.
-//! - [`engine`]: the trait every backend implements, and the in-memory engine.
+//! - [`engine`]: the trait every backend implements, and the engines: `memory`
+//!   (in-process, always), `redis` (feature `redis`: one Lua script call per
+//!   decision) and `postgres` (feature `postgres`: one PL/pgSQL function call
+//!   per decision). A store picks one in the configuration:
+//!   `[stores.shared] engine = "redis", url = "redis://127.0.0.1:6379"`.
 //! - [`gcra`], [`window`], [`lease`]: the pure limiting math, shared by engines.
 //! - [`metrics`]: per-limiter counters and snapshots.
 //! - [`testing`]: helpers for your own tests.
 
 #![warn(missing_docs)]
 
+pub mod alert;
+pub mod audit;
 mod compose;
 pub mod config;
 pub mod engine;
@@ -51,7 +61,10 @@ mod key;
 pub mod lease;
 mod limiter;
 pub mod metrics;
+mod queue;
 mod registry;
+#[cfg(feature = "prometheus")]
+pub mod telemetry;
 pub mod testing;
 pub mod window;
 
@@ -59,6 +72,6 @@ pub use compose::check_all;
 pub use config::{Config, FailureMode, LimiterConfig};
 pub use error::{BackendError, ConfigError, Error, Result};
 pub use key::{encode_part, hash_key, hash_key_with_secret, StateKey};
-pub use limiter::{Limiter, LimiterState, Permit};
+pub use limiter::{wait_for_releases, Limiter, LimiterState, Permit};
 pub use metrics::MetricsSnapshot;
 pub use registry::{acquire, default_registry, set_default_registry, try_acquire, Registry};

@@ -13,6 +13,7 @@ use crate::error::{BackendError, Error, Result};
 use crate::key::StateKey;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) spec: LimiterSpec,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) metrics: Arc<Metrics>,
+    /// First-come, first-served order of this process's concurrency waiters.
+    pub(crate) queues: crate::queue::WaitQueues,
 }
 
 impl fmt::Debug for Limiter {
@@ -93,11 +96,13 @@ enum Wait {
 }
 
 impl Wait {
-    /// Time left at `now`; `None` means unbounded.
-    fn remaining(self, now: Instant) -> Option<Duration> {
+    /// Time left now; `None` means unbounded. Reads the clock only for a deadline.
+    fn remaining(self) -> Option<Duration> {
         match self {
             Wait::No => Some(Duration::ZERO),
-            Wait::Until { deadline, .. } => deadline.map(|d| d.saturating_duration_since(now)),
+            Wait::Until { deadline, .. } => {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            }
         }
     }
 }
@@ -122,6 +127,7 @@ impl Limiter {
                 spec,
                 engine,
                 metrics,
+                queues: Default::default(),
             }),
         }
     }
@@ -149,6 +155,11 @@ impl Limiter {
             shared: self.shared.clone(),
             key: self.key.child(key.as_ref()),
         }
+    }
+
+    /// The live counters behind [`metrics`](Self::metrics).
+    pub(crate) fn metrics_handle(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// A snapshot of the metrics of this limiter (shared with its per-key children).
@@ -243,32 +254,45 @@ impl Limiter {
                 Err(refusal) => return Ok(Err(refusal)),
             },
         };
+        let mut slot = None;
+        let mut overshoot = Duration::ZERO;
         if let Some(rate) = &spec.rate {
-            let max_wait = wait.remaining(Instant::now()).unwrap_or(Duration::MAX);
+            let max_wait = wait.remaining().unwrap_or(Duration::MAX);
             match self.shared.engine.reserve(self.ctx(), rate, max_wait).await {
-                Ok(Reservation::Granted { wait }) => {
+                Ok(Reservation::Granted { wait, slot_unix_us }) => {
+                    slot = slot_unix_us;
                     if !wait.is_zero() {
                         // `lease` is held across the sleep; dropping this
                         // future drops it and frees the slot.
-                        tokio::time::sleep(wait).await;
+                        let due = Instant::now() + wait;
+                        tokio::time::sleep_until(due).await;
+                        overshoot = Instant::now().saturating_duration_since(due);
                     }
                 }
                 Ok(Reservation::Denied { retry_after }) => {
+                    give_back(lease).await;
                     return Ok(Err(Refusal {
                         retry_after: Some(retry_after),
                         reason: rate_reason(rate),
-                    }))
+                    }));
                 }
-                Err(e) => self.backend_failure(e, "reserve")?,
+                Err(e) => {
+                    if let Err(denied) = self.backend_failure(e, "reserve") {
+                        give_back(lease).await;
+                        return Err(denied);
+                    }
+                }
             }
         }
-        let waited = start.elapsed();
-        self.shared.metrics.record_acquisition(waited);
-        Ok(Ok(Permit {
-            limiter: self.shared.name.clone(),
-            lease,
-            waited,
-        }))
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(start);
+        self.shared
+            .metrics
+            .record_acquisition_at(waited, now.into_std());
+        let mut permit = Permit::new(self.shared.name.clone(), lease, waited);
+        permit.slot_unix_us = slot;
+        permit.overshoot = overshoot;
+        Ok(Ok(permit))
     }
 
     /// Takes a concurrency slot, waiting for a release within `wait`.
@@ -282,31 +306,62 @@ impl Limiter {
         let mut signal: Option<ReleaseSignal> = None;
         let mut signal_failed = false;
         let mut counted_cap = false;
+        let gate = self.shared.queues.gate(self.key.encoded());
+        // Held while this request waits at the head of the process's queue.
+        let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
         loop {
-            // Armed until the engine answers: if this future is dropped while
-            // the request is in flight, the slot it may have taken is freed.
-            let pending = PendingLease::arm(self, holder.clone());
-            match self
-                .shared
-                .engine
-                .acquire_lease(self.ctx(), &holder, spec)
-                .await
-            {
+            if turn.is_none() && gate.available_permits() == 0 {
+                // Others in this process wait for this key already: queue
+                // behind them rather than overtake them at the store.
+                if !counted_cap {
+                    self.shared.metrics.record_cap_reached();
+                    counted_cap = true;
+                }
+                let queued = gate.clone().acquire_owned();
+                let got = match wait.remaining() {
+                    None => queued.await.ok(),
+                    Some(r) if r.is_zero() => None,
+                    Some(r) => tokio::time::timeout(r, queued)
+                        .await
+                        .ok()
+                        .and_then(|p| p.ok()),
+                };
+                match got {
+                    Some(p) => turn = Some(p),
+                    None => {
+                        return Ok(Err(Refusal {
+                            retry_after: None,
+                            reason: "concurrency",
+                        }))
+                    }
+                }
+            }
+            match self.request_lease(&holder, spec).await {
                 Ok(LeaseOutcome::Acquired { .. }) => {
-                    return Ok(Ok(Some(pending.into_guard(spec.lease))))
+                    return Ok(Ok(Some(LeaseGuard::new(
+                        self.clone(),
+                        holder.clone(),
+                        spec.lease,
+                    ))))
                 }
                 Ok(LeaseOutcome::Full { retry_after }) => {
-                    pending.disarm();
                     if !counted_cap {
                         self.shared.metrics.record_cap_reached();
                         counted_cap = true;
                     }
-                    let remaining = wait.remaining(Instant::now());
+                    let remaining = wait.remaining();
                     if remaining == Some(Duration::ZERO) {
                         return Ok(Err(Refusal {
                             retry_after: Some(retry_after),
                             reason: "concurrency",
                         }));
+                    }
+                    if turn.is_none() {
+                        // Become the head waiter, or queue behind the one there is.
+                        match gate.clone().try_acquire_owned() {
+                            Ok(p) => turn = Some(p),
+                            Err(_) => continue,
+                        }
                     }
                     if signal.is_none() && !signal_failed {
                         match self.shared.engine.subscribe_releases(self.ctx()).await {
@@ -335,8 +390,9 @@ impl Limiter {
                     }
                 }
                 Err(e) => {
-                    // `pending` stays armed: the slot may have been taken before the failure.
-                    drop(pending);
+                    // The slot may have been taken before the failure (a reply lost
+                    // to a timeout, say): free it, whatever the failure mode does.
+                    release_after_failure(self, holder.clone());
                     self.backend_failure(e, "acquire_lease")?;
                     return Ok(Ok(None));
                 }
@@ -409,6 +465,8 @@ pub struct Permit {
     limiter: Arc<str>,
     lease: Option<LeaseGuard>,
     waited: Duration,
+    slot_unix_us: Option<u64>,
+    overshoot: Duration,
 }
 
 impl fmt::Debug for Permit {
@@ -422,11 +480,16 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
-    pub(crate) fn new(limiter: Arc<str>, lease: Option<LeaseGuard>, waited: Duration) -> Self {
+    pub(crate) fn new(limiter: Arc<str>, mut lease: Option<LeaseGuard>, waited: Duration) -> Self {
+        if let Some(l) = lease.as_mut() {
+            l.granted = true;
+        }
         Self {
             limiter,
             lease,
             waited,
+            slot_unix_us: None,
+            overshoot: Duration::ZERO,
         }
     }
 
@@ -438,6 +501,20 @@ impl Permit {
     /// How long the acquire waited.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// When the permit's rate slot began on the backend's wall clock
+    /// (microseconds since the Unix epoch), where the backend reports it.
+    pub fn slot_unix_us(&self) -> Option<u64> {
+        self.slot_unix_us
+    }
+
+    /// How long after its reserved slot the acquire returned: the timer's
+    /// lateness, counted from when the reservation arrived plus the wait it
+    /// carried (zero when no wait was needed). `ratesync bench` reports its
+    /// distribution as the wait overshoot.
+    pub fn overshoot(&self) -> Duration {
+        self.overshoot
     }
 
     /// True when the permit holds a concurrency slot.
@@ -455,41 +532,160 @@ impl Permit {
     }
 }
 
-/// A slot requested but not yet confirmed; frees it if dropped while armed.
-pub(crate) struct PendingLease {
+impl Limiter {
+    /// Asks the engine for a slot on a task of its own. A caller that gives
+    /// up mid-request (a dropped `acquire`) cannot cut the request off after
+    /// it was sent: the backend may still grant it, and a release sent at
+    /// once could overtake it and leave the slot held until its lease ends.
+    /// Instead the request is left to finish, and a slot it took is released
+    /// after it (counted for [`wait_for_releases`]).
+    pub(crate) async fn request_lease(
+        &self,
+        holder: &HolderId,
+        spec: &ConcurrencySpec,
+    ) -> std::result::Result<LeaseOutcome, BackendError> {
+        let (limiter, who, spec_owned) = (self.clone(), holder.clone(), *spec);
+        let task = tokio::spawn(async move {
+            limiter
+                .shared
+                .engine
+                .acquire_lease(limiter.ctx(), &who, &spec_owned)
+                .await
+        });
+        let mut in_flight = InFlight {
+            task: Some(task),
+            limiter: self.clone(),
+            holder: holder.clone(),
+        };
+        let joined = match in_flight.task.as_mut() {
+            Some(task) => task.await,
+            None => unreachable!("set above"),
+        };
+        in_flight.task = None;
+        joined.unwrap_or_else(|e| {
+            Err(BackendError::new(
+                self.shared.engine.kind(),
+                format!("the slot request stopped: {e}"),
+            ))
+        })
+    }
+}
+
+type LeaseRequest = JoinHandle<std::result::Result<LeaseOutcome, BackendError>>;
+
+/// A slot request whose caller may still give up; see [`Limiter::request_lease`].
+struct InFlight {
+    task: Option<LeaseRequest>,
     limiter: Limiter,
-    holder: Option<HolderId>,
+    holder: HolderId,
 }
 
-impl PendingLease {
-    pub(crate) fn arm(limiter: &Limiter, holder: HolderId) -> Self {
-        Self {
-            limiter: limiter.clone(),
-            holder: Some(holder),
-        }
-    }
-
-    pub(crate) fn disarm(mut self) {
-        self.holder = None;
-    }
-
-    pub(crate) fn into_guard(mut self, lease: Duration) -> LeaseGuard {
-        let holder = self.holder.take().unwrap_or_default();
-        LeaseGuard::new(self.limiter.clone(), holder, lease)
-    }
-}
-
-impl Drop for PendingLease {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(holder) = self.holder.take() {
-            release_in_background(&self.limiter, holder);
+        let Some(task) = self.task.take() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (limiter, holder) = (self.limiter.clone(), self.holder.clone());
+        let running = Running::start();
+        handle.spawn(async move {
+            let _running = running;
+            match task.await {
+                Ok(Ok(LeaseOutcome::Full { .. })) => {}
+                Ok(Ok(LeaseOutcome::Acquired { .. })) => {
+                    if let Err(e) = limiter
+                        .shared
+                        .engine
+                        .release_lease(limiter.ctx(), &holder)
+                        .await
+                    {
+                        limiter.shared.metrics.record_backend_error();
+                        tracing::warn!(limiter = %limiter.shared.name, error = %e,
+                            "could not release an abandoned slot request; it frees itself when its lease runs out");
+                    }
+                }
+                // Perhaps taken before the failure: give it back, quietly.
+                _ => release_after_failure(&limiter, holder),
+            }
+        });
+    }
+}
+
+/// Frees a slot taken for a request that was then refused, before answering:
+/// a caller that exits right after the refusal must not leave it held.
+pub(crate) async fn give_back(lease: Option<LeaseGuard>) {
+    if let Some(lease) = lease {
+        if let Err(e) = lease.release().await {
+            tracing::warn!(error = %e, "could not give back a concurrency slot; it frees itself when its lease runs out");
         }
     }
+}
+
+/// Releases running in the background (permits dropped rather than released),
+/// counted so that a program can wait for them before it exits: a runtime
+/// that shuts down drops them, and their slots stay held until the lease ends.
+struct BackgroundReleases {
+    running: AtomicUsize,
+    finished: tokio::sync::Notify,
+}
+
+static BACKGROUND: BackgroundReleases = BackgroundReleases {
+    running: AtomicUsize::new(0),
+    finished: tokio::sync::Notify::const_new(),
+};
+
+/// Counts one background release for as long as it lives, cancelled or not.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        BACKGROUND.running.fetch_add(1, Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if BACKGROUND.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            BACKGROUND.finished.notify_waiters();
+        }
+    }
+}
+
+/// Waits until the slots of dropped permits have been given back to their
+/// stores, at most `timeout`; true when none is left pending.
+///
+/// Dropping a [`Permit`] (or an `acquire` future) frees its slot on a
+/// background task. Call this (or [`Registry::close`](crate::Registry::close))
+/// before the runtime shuts down, or those slots stay held until their lease
+/// runs out.
+pub async fn wait_for_releases(timeout: Duration) -> bool {
+    let wait = async {
+        loop {
+            let finished = BACKGROUND.finished.notified();
+            if BACKGROUND.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            finished.await;
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.is_ok()
 }
 
 /// Frees `holder`'s slot without awaiting: at once where the engine can,
 /// else on a spawned task. Without a runtime the lease simply runs out.
-fn release_in_background(limiter: &Limiter, holder: HolderId) {
+pub(crate) fn release_in_background(limiter: &Limiter, holder: HolderId) {
+    release_detached(limiter, holder, true);
+}
+
+/// Frees a slot that a failed request *may* have taken. The store already
+/// failed once for this request (and that was counted), so a failure here
+/// is only logged.
+pub(crate) fn release_after_failure(limiter: &Limiter, holder: HolderId) {
+    release_detached(limiter, holder, false);
+}
+
+fn release_detached(limiter: &Limiter, holder: HolderId, count_failure: bool) {
     if limiter
         .shared
         .engine
@@ -501,11 +697,18 @@ fn release_in_background(limiter: &Limiter, holder: HolderId) {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             let limiter = limiter.clone();
+            let running = Running::start();
             handle.spawn(async move {
+                let _running = running;
                 if let Err(e) = limiter.shared.engine.release_lease(limiter.ctx(), &holder).await {
-                    limiter.shared.metrics.record_backend_error();
-                    tracing::warn!(limiter = %limiter.shared.name, error = %e,
-                        "could not release a concurrency slot; it frees itself when its lease runs out");
+                    if count_failure {
+                        limiter.shared.metrics.record_backend_error();
+                        tracing::warn!(limiter = %limiter.shared.name, error = %e,
+                            "could not release a concurrency slot; it frees itself when its lease runs out");
+                    } else {
+                        tracing::debug!(limiter = %limiter.shared.name, error = %e,
+                            "could not release a slot a failed request may have taken; it frees itself when its lease runs out");
+                    }
                 }
             });
         }
@@ -520,10 +723,13 @@ pub(crate) struct LeaseGuard {
     holder: HolderId,
     renewer: Option<JoinHandle<()>>,
     done: bool,
+    // Only a slot that became a permit counts in `total_releases`; one given
+    // back because the rate refused was never granted.
+    granted: bool,
 }
 
 impl LeaseGuard {
-    fn new(limiter: Limiter, holder: HolderId, lease: Duration) -> Self {
+    pub(crate) fn new(limiter: Limiter, holder: HolderId, lease: Duration) -> Self {
         limiter.shared.metrics.slot_taken();
         let renewer = tokio::runtime::Handle::try_current().ok().map(|h| {
             let limiter = limiter.clone();
@@ -553,6 +759,7 @@ impl LeaseGuard {
             holder,
             renewer,
             done: false,
+            granted: false,
         }
     }
 
@@ -561,7 +768,7 @@ impl LeaseGuard {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
-        self.limiter.shared.metrics.slot_released();
+        self.limiter.shared.metrics.slot_released(self.granted);
     }
 
     async fn release(mut self) -> Result<()> {

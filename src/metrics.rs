@@ -27,10 +27,47 @@ pub struct Metrics {
     total_releases: AtomicU64,
     backend_errors: AtomicU64,
     wait_buckets: [AtomicU64; WAIT_BUCKETS_MS.len() + 1],
+    observer: WaitObserver,
+    epoch: Epoch,
+}
+
+/// A monotonic instant paired with the wall clock at that instant, so a
+/// grant's wall time derives from the monotonic reading the limiter took
+/// anyway: one clock read per grant fewer on the hot path.
+#[derive(Debug)]
+struct Epoch {
+    at: std::time::Instant,
+    unix_ms: u64,
+}
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// Something told of every granted wait (in ms), such as an OpenTelemetry
+/// histogram; set at most once per limiter.
+#[derive(Default)]
+struct WaitObserver(std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>);
+
+impl std::fmt::Debug for WaitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "WaitObserver(set)"
+        } else {
+            "WaitObserver(none)"
+        })
+    }
 }
 
 /// A point-in-time copy of a limiter's metrics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct MetricsSnapshot {
     /// Permits granted (by `acquire`, `try_acquire` or `check_all`).
     pub total_acquisitions: u64,
@@ -50,7 +87,7 @@ pub struct MetricsSnapshot {
     pub current_concurrent: i64,
     /// Times an acquire found every concurrency slot taken.
     pub max_concurrent_reached: u64,
-    /// Concurrency slots given back.
+    /// Permits' concurrency slots given back (not slots an acquire returned unused).
     pub total_releases: u64,
     /// Store failures, whatever the failure mode did with them.
     pub backend_errors: u64,
@@ -64,8 +101,20 @@ impl Metrics {
         Self::default()
     }
 
+    /// Has `observe` told the wait (ms) of every later grant. Returns false
+    /// when an observer was set already (it stays).
+    pub fn observe_waits(&self, observe: impl Fn(f64) + Send + Sync + 'static) -> bool {
+        self.observer.0.set(Box::new(observe)).is_ok()
+    }
+
     /// Counts a granted permit that waited `wait`.
     pub fn record_acquisition(&self, wait: Duration) {
+        self.record_acquisition_at(wait, std::time::Instant::now());
+    }
+
+    /// Counts a granted permit that waited `wait` and was granted at `at`
+    /// (a clock reading the caller took anyway).
+    pub fn record_acquisition_at(&self, wait: Duration, at: std::time::Instant) {
         let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         self.total_acquisitions.fetch_add(1, Relaxed);
         self.total_wait_us.fetch_add(us, Relaxed);
@@ -76,10 +125,13 @@ impl Metrics {
             .position(|&b| ms <= b)
             .unwrap_or(WAIT_BUCKETS_MS.len());
         self.wait_buckets[bucket].fetch_add(1, Relaxed);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.last_acquisition_at_ms.fetch_max(now_ms, Relaxed);
+        if let Some(observe) = self.observer.0.get() {
+            observe(ms);
+        }
+        let since = u64::try_from(at.saturating_duration_since(self.epoch.at).as_millis())
+            .unwrap_or(u64::MAX);
+        self.last_acquisition_at_ms
+            .fetch_max(self.epoch.unix_ms.saturating_add(since), Relaxed);
     }
 
     /// Counts a refusal (`try_acquire` denied, `acquire` timed out).
@@ -107,10 +159,14 @@ impl Metrics {
         self.current_concurrent.fetch_add(1, Relaxed);
     }
 
-    /// A concurrency slot was given back.
-    pub fn slot_released(&self) {
+    /// A concurrency slot was given back; `granted` when it was a permit's
+    /// (counted in `total_releases`), false when the acquire that took it
+    /// was refused by the rate and returned it unused.
+    pub fn slot_released(&self, granted: bool) {
         self.current_concurrent.fetch_sub(1, Relaxed);
-        self.total_releases.fetch_add(1, Relaxed);
+        if granted {
+            self.total_releases.fetch_add(1, Relaxed);
+        }
     }
 
     /// A copy of every counter.
@@ -165,5 +221,39 @@ mod tests {
         assert_eq!(s.wait_histogram[6], (50.0, 1));
         assert_eq!(s.wait_histogram.last().map(|b| b.1), Some(1));
         assert!(s.last_acquisition_at.is_some());
+    }
+}
+
+/// Every limiter's metrics at one moment, for dashboards and files.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Unix seconds when it was taken.
+    pub taken_at: f64,
+    /// Metrics by limiter name.
+    pub limiters: std::collections::BTreeMap<String, MetricsSnapshot>,
+}
+
+impl Snapshot {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// Writes the JSON to `path` through a temporary file in the same
+    /// directory and a rename, so a reader never sees a half-written file.
+    pub fn write_atomic(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| std::path::Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "snapshot.json".into());
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, self.to_json())?;
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
     }
 }

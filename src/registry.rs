@@ -30,10 +30,23 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     stores: RwLock<BTreeMap<String, Arc<dyn Engine>>>,
     limiters: RwLock<BTreeMap<String, Limiter>>,
+    /// Told of every limiter, present and future (telemetry attaches here).
+    watchers: RwLock<Vec<LimiterWatcher>>,
+}
+
+/// A callback told of each limiter (its name and metrics) once.
+pub(crate) type LimiterWatcher = Arc<dyn Fn(&str, &Metrics) + Send + Sync>;
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("stores", &self.stores)
+            .field("limiters", &self.limiters)
+            .finish()
+    }
 }
 
 impl Default for Registry {
@@ -51,6 +64,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 stores: RwLock::new(stores),
                 limiters: RwLock::new(BTreeMap::new()),
+                watchers: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -71,6 +85,7 @@ impl Registry {
                 )
             })?;
             let limiter = Limiter::new(&name, spec, engine, Arc::new(Metrics::new()));
+            registry.tell_watchers(&name, &limiter);
             registry.write_limiters().insert(name, limiter);
         }
         Ok(registry)
@@ -96,6 +111,45 @@ impl Registry {
             .stores
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tell_watchers(&self, name: &str, limiter: &Limiter) {
+        let watchers = self
+            .inner
+            .watchers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for w in watchers {
+            w(name, limiter.metrics_handle());
+        }
+    }
+
+    /// Calls `watch` for every limiter now and for each one added later.
+    pub(crate) fn watch_limiters(&self, watch: LimiterWatcher) {
+        self.inner
+            .watchers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(watch.clone());
+        let limiters = self
+            .inner
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, l) in &limiters {
+            watch(name, l.metrics_handle());
+        }
+    }
+
+    /// Every limiter, by name.
+    pub(crate) fn limiters(&self) -> BTreeMap<String, Limiter> {
+        self.inner
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn write_limiters(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Limiter>> {
@@ -147,19 +201,11 @@ impl Registry {
             .collect()
     }
 
-    /// Registers a limiter from code, validated exactly like a `[limiters.NAME]`
-    /// table. Fails if the name is taken.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
-    /// use ratesync::{LimiterConfig, Registry};
-    /// let reg = Registry::new();
-    /// let jobs = reg.register("jobs", LimiterConfig::concurrency(2))?;
-    /// let (a, b) = (jobs.acquire().await?, jobs.acquire().await?);
-    /// assert!(jobs.try_acquire().await?.is_none());
-    /// # drop((a, b)); Ok(()) }
-    /// ```
-    pub fn register(&self, name: &str, config: LimiterConfig) -> Result<Limiter> {
+    /// A limiter on one of this registry's stores that the registry does not
+    /// list: not in `names()`, `metrics()` or the exported telemetry. The
+    /// alert loop keeps its shared cooldowns in one, so its own refusals
+    /// never look like a limiter under strain.
+    pub(crate) fn unlisted(&self, name: &str, config: LimiterConfig) -> Result<Limiter> {
         if name.is_empty() {
             return Err(
                 ConfigError::new("<registered>", "limiters", "names must not be empty").into(),
@@ -186,6 +232,23 @@ impl Registry {
                 format!("no store named `{}`", spec.store),
             )
         })?;
+        Ok(Limiter::new(name, spec, engine, Arc::new(Metrics::new())))
+    }
+
+    /// Registers a limiter from code, validated exactly like a `[limiters.NAME]`
+    /// table. Fails if the name is taken.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+    /// use ratesync::{LimiterConfig, Registry};
+    /// let reg = Registry::new();
+    /// let jobs = reg.register("jobs", LimiterConfig::concurrency(2))?;
+    /// let (a, b) = (jobs.acquire().await?, jobs.acquire().await?);
+    /// assert!(jobs.try_acquire().await?.is_none());
+    /// # drop((a, b)); Ok(()) }
+    /// ```
+    pub fn register(&self, name: &str, config: LimiterConfig) -> Result<Limiter> {
+        let limiter = self.unlisted(name, config)?;
         let mut limiters = self.write_limiters();
         if limiters.contains_key(name) {
             return Err(ConfigError::new(
@@ -195,9 +258,57 @@ impl Registry {
             )
             .into());
         }
-        let limiter = Limiter::new(name, spec, engine, Arc::new(Metrics::new()));
+        self.tell_watchers(name, &limiter);
         limiters.insert(name.to_string(), limiter.clone());
         Ok(limiter)
+    }
+
+    /// Waits (at most 5 s) until the slots of permits dropped in this process
+    /// have been given back to their stores. Call it before the program
+    /// exits: a permit dropped just before the runtime shuts down would
+    /// otherwise keep its slot until its lease runs out. The registry stays
+    /// usable.
+    pub async fn close(&self) {
+        if !crate::limiter::wait_for_releases(std::time::Duration::from_secs(5)).await {
+            tracing::warn!("some concurrency slots were not given back within 5 s; they free themselves when their leases run out");
+        }
+    }
+
+    /// Every limiter's metrics with the time they were read, serialisable to JSON.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            taken_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            limiters: self.metrics(),
+        }
+    }
+
+    /// Writes [`snapshot`](Self::snapshot) to `path` every `every`
+    /// (atomically: temporary file, then rename) until the handle is aborted.
+    /// A failed write is logged and retried at the next turn.
+    pub fn export_snapshots(
+        &self,
+        path: impl Into<std::path::PathBuf>,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (registry, path) = (self.clone(), path.into());
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(every);
+            loop {
+                timer.tick().await;
+                let snap = registry.snapshot();
+                let target = path.clone();
+                let written = tokio::task::spawn_blocking(move || snap.write_atomic(&target)).await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics snapshot")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the snapshot writer stopped"),
+                }
+            }
+        })
     }
 
     /// A snapshot of every limiter's metrics, by name.
@@ -215,6 +326,22 @@ impl Registry {
 async fn connect(source: &str, name: &str, store: &StoreConfig) -> Result<Arc<dyn Engine>> {
     match store.engine {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
+        #[cfg(feature = "redis")]
+        EngineKind::Redis => {
+            let engine = crate::engine::redis::RedisEngine::connect(name, store).await?;
+            Ok(Arc::new(engine))
+        }
+        #[cfg(feature = "nats")]
+        EngineKind::Nats => {
+            let engine = crate::engine::nats::NatsEngine::connect(name, store).await?;
+            Ok(Arc::new(engine))
+        }
+        #[cfg(feature = "postgres")]
+        EngineKind::Postgres => {
+            let engine = crate::engine::postgres::PostgresEngine::connect(name, store).await?;
+            Ok(Arc::new(engine))
+        }
+        #[allow(unreachable_patterns)] // reachable only when an engine feature is off
         other => Err(ConfigError::new(
             source,
             format!("stores.{name}.engine"),

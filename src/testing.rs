@@ -1,7 +1,7 @@
 //! Helpers for users' own test suites: registries in one line, limiters on paused time.
 //!
 //! The in-memory engine reads [`tokio::time::Instant`], so on a paused tokio
-//! clock (`#[tokio::test(start_paused = true)]`, or [`paused_runtime`]) a
+//! clock (`#[tokio::test(start_paused = true)]`, or `paused_runtime()` with the `test-util` feature) a
 //! limiter of one request per minute is tested in microseconds, exactly.
 //!
 //! ```

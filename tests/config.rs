@@ -93,7 +93,7 @@ fn unknown_keys_are_errors() {
     assert!(e.starts_with("test.toml: limiters.api.bursts: unknown field `bursts`, expected one of `store`, `algorithm`, `rate_per_second`, `burst`,"), "{e}");
     assert_eq!(
         err("[limiter.api]\nrate_per_second = 1.0"),
-        "test.toml: limiter: unknown key; expected `stores` or `limiters`"
+        "test.toml: limiter: unknown key; expected `stores`, `limiters` or `alerts`"
     );
     let e = err("[stores.main]\nengine = \"memory\"\nhost = \"x\"");
     assert!(
@@ -226,4 +226,182 @@ fn files_and_default_locations() {
 fn the_shipped_config_is_valid() {
     let c = Config::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
     assert!(c.limiters.contains_key("api"));
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_store_settings() {
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\""),
+        "test.toml: stores.r.url: is required for engine `redis`, e.g. url = \"redis://127.0.0.1:6379/0\""
+    );
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"http://user:hunter2@cache:6379\""),
+        "test.toml: stores.r.url: must start with redis://, rediss:// (TLS) or unix://, got \"http://***@cache:6379\""
+    );
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nkey_prefix = \"my app*\""),
+        "test.toml: stores.r.key_prefix: may contain only letters, digits and - _ . : /, got \"my app*\""
+    );
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nresponse_timeout = 0"),
+        "test.toml: stores.r.response_timeout: must be a positive number of seconds, got 0"
+    );
+    let ok = parse_env(
+        "[stores.r]\nengine = \"redis\"\nurl = \"${URL}\"\nkey_prefix = \"app:prod\"\nresponse_timeout = 0.5\n[limiters.a]\nstore = \"r\"\nrate_per_second = 1",
+        &[("URL", "rediss://default:pw@cache.example:6380/1")],
+    )
+    .expect("a TLS URL from the environment is accepted");
+    let store = &ok.stores["r"];
+    assert_eq!(store.prefix(), "app:prod");
+    assert_eq!(store.response_timeout(), Duration::from_millis(500));
+}
+
+/// A store that cannot be reached is named in the error, with the password hidden.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_connect_error_hides_the_password() {
+    let e = ratesync::Registry::from_toml_str(
+        "[stores.cache]\nengine = \"redis\"\nurl = \"redis://app:hunter2@127.0.0.1:1\"\nresponse_timeout = 1",
+    )
+    .await
+    .expect_err("nothing listens on port 1")
+    .to_string();
+    assert!(
+        e.starts_with("store `cache` (redis://***@127.0.0.1:1): cannot connect:"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_store_settings() {
+    assert_eq!(
+        err("[stores.db]\nengine = \"postgres\""),
+        "test.toml: stores.db.url: is required for engine `postgres`, e.g. url = \"postgres://user@127.0.0.1:5432/app\" (or dsn = \"host=... dbname=...\")"
+    );
+    let e =
+        err("[stores.db]\nengine = \"postgres\"\ndsn = \"host=db password=hunter2 port=notaport\"");
+    assert!(
+        e.starts_with("test.toml: stores.db.url: is not a valid PostgreSQL URL or key=value DSN (")
+            && e.ends_with("\"host=db password=*** port=notaport\""),
+        "{e}"
+    );
+    assert_eq!(
+        err("[stores.db]\nengine = \"postgres\"\nurl = \"postgres://x@h/db\"\npool_size = 0"),
+        "test.toml: stores.db.pool_size: must be >= 1, got 0"
+    );
+    assert_eq!(
+        err("[stores.db]\nengine = \"postgres\"\nurl = \"postgres://x@h/db\"\nschema = \"Rate-Sync\""),
+        "test.toml: stores.db.schema: must be a lower-case SQL name ([a-z_][a-z0-9_]*, at most 50 characters), got \"Rate-Sync\""
+    );
+    assert_eq!(
+        err("[stores.db]\nengine = \"postgres\"\nurl = \"postgres://x@h/db\"\nsweep_seconds = -1"),
+        "test.toml: stores.db.sweep_seconds: must be a positive number of seconds, got -1"
+    );
+    assert_eq!(
+        err("[stores.r]\nengine = \"memory\"\npool_size = 4"),
+        "test.toml: stores.r.pool_size: applies only to engine `postgres`, this store's engine is `memory`; remove it"
+    );
+    let ok = parse_env(
+        "[stores.db]\nengine = \"postgres\"\ndsn = \"host=127.0.0.1 user=app dbname=app\"\npool_size = 16\nschema = \"limits\"\nsweep_seconds = 5\n[limiters.a]\nstore = \"db\"\nrate_per_second = 1",
+        &[],
+    )
+    .expect("a key=value DSN is accepted");
+    let store = &ok.stores["db"];
+    assert_eq!((store.pool_size(), store.schema()), (16, "limits"));
+    assert_eq!(store.sweep_interval(), Duration::from_secs(5));
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn nats_store_settings() {
+    assert_eq!(
+        err("[stores.n]\nengine = \"nats\""),
+        "test.toml: stores.n.url: is required for engine `nats`, e.g. url = \"nats://127.0.0.1:4222\""
+    );
+    assert_eq!(
+        err("[stores.n]\nengine = \"nats\"\nurl = \"http://u:secret@h:4222\""),
+        "test.toml: stores.n.url: must start with nats:// or tls:// (TLS), got \"http://***@h:4222\""
+    );
+    assert_eq!(
+        err("[stores.n]\nengine = \"nats\"\nurl = \"nats://h\"\nbucket = \"rate.sync\""),
+        "test.toml: stores.n.bucket: may contain only letters, digits, _ and -, got \"rate.sync\""
+    );
+    assert_eq!(
+        err("[stores.n]\nengine = \"nats\"\nurl = \"nats://h\"\nmax_cas_retries = 0"),
+        "test.toml: stores.n.max_cas_retries: must be >= 1, got 0"
+    );
+    assert_eq!(
+        err("[stores.n]\nengine = \"nats\"\nurl = \"nats://h\"\nkey_prefix = \"app:prod\""),
+        "test.toml: stores.n.key_prefix: NATS keys cannot contain `:` or empty `.` tokens; use letters, digits and - _ . /, got \"app:prod\""
+    );
+    assert_eq!(
+        err("[stores.r]\nengine = \"postgres\"\nurl = \"postgres://x@h/db\"\nbucket = \"b\""),
+        "test.toml: stores.r.bucket: applies only to engine `nats`, this store's engine is `postgres`; remove it"
+    );
+    assert_eq!(
+        err("[stores.m]\nengine = \"memory\"\ntls_ca_file = \"ca.pem\""),
+        "test.toml: stores.m.tls_ca_file: applies only to engine `postgres` or `nats`, this store's engine is `memory`; remove it"
+    );
+    // A bucket of 1 token per hour and burst 48 matters for 48 h after a
+    // change: a store that forgets keys after a day would admit a new burst.
+    assert_eq!(
+        err("[stores.n]\nengine = \"nats\"\nurl = \"nats://h\"\n[limiters.slow]\nstore = \"n\"\nrate_per_second = 0.000277777\nburst = 48"),
+        "test.toml: limiters.slow: its state matters for 172801 s after each change, longer than store `n` keeps an untouched key (max_age_seconds = 86400); raise max_age_seconds"
+    );
+    let ok = parse_env(
+        "[stores.n]\nengine = \"nats\"\nurl = \"tls://h:4222\"\nbucket = \"limits\"\nmax_age_seconds = 200000\nmax_cas_retries = 4\nclock_offset_ms = -2000\n[limiters.slow]\nstore = \"n\"\nrate_per_second = 0.000277777\nburst = 48",
+        &[],
+    )
+    .expect("a longer max age admits the slow limiter");
+    let store = &ok.stores["n"];
+    assert_eq!((store.bucket(), store.max_cas_retries()), ("limits", 4));
+    assert_eq!(store.max_age(), Duration::from_secs(200_000));
+}
+
+#[test]
+fn alert_channels_name_what_is_missing() {
+    assert_eq!(
+        err("[alerts.channels.webhook]\nheaders = { A = \"b\" }"),
+        "test.toml: alerts.channels.webhook.url: Webhook url not configured"
+    );
+    assert_eq!(
+        err("[alerts.channels.pagerduty]\nurl = \"https://events.example\""),
+        "test.toml: alerts.channels.pagerduty.routing_key: PagerDuty routing_key not configured"
+    );
+    assert_eq!(
+        err("[alerts.channels.slack]"),
+        "test.toml: alerts.channels.slack.webhook_url: Slack webhook_url not configured"
+    );
+    assert_eq!(
+        err("[alerts.channels.email]\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]"),
+        "test.toml: alerts.channels.email.smtp_host: Email smtp_host not configured"
+    );
+    assert_eq!(
+        err("[alerts]\ninterval_seconds = 0"),
+        "test.toml: alerts.interval_seconds: must be a positive number of seconds"
+    );
+    let e = err("[alerts.thresholds]\navg_wait = 3");
+    assert!(
+        e.starts_with("test.toml: alerts.thresholds.avg_wait: unknown field `avg_wait`"),
+        "{e}"
+    );
+    // A disabled channel needs nothing; env expansion reaches the table.
+    let ok = parse_env(
+        "[alerts]\ncooldown_seconds = 60\n[alerts.channels.webhook]\nenabled = false\n[alerts.channels.pagerduty]\nrouting_key = \"${PD_KEY}\"",
+        &[("PD_KEY", "abc")],
+    )
+    .expect("valid alerts");
+    let alerts = ok.alerts.expect("an [alerts] table");
+    assert_eq!(alerts.cooldown_seconds, 60.0);
+    assert_eq!(
+        alerts
+            .channels
+            .pagerduty
+            .and_then(|p| p.routing_key)
+            .as_deref(),
+        Some("abc")
+    );
 }

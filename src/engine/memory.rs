@@ -155,6 +155,24 @@ impl Entry {
     }
 
     /// Decides one rate slot; `commit` stores it when granted.
+    /// Stores a grant that starts at `at`, no earlier than `decide` allowed.
+    /// A later start is charged from when it is used: the bucket as if the
+    /// request arrived at `at`, the window with the grant at `at`.
+    fn grant_at(&mut self, rate: &RateSpec, now: u64, at: u64) {
+        match rate {
+            RateSpec::TokenBucket(g) => {
+                let tat = (self.tat != 0).then_some(self.tat);
+                if let gcra::Decision::Granted { new_tat, .. } = g.decide(tat, at, 1, u64::MAX) {
+                    self.tat = new_tat;
+                }
+            }
+            RateSpec::SlidingWindow(w) => {
+                w.trim(&mut self.window, now);
+                w.record(&mut self.window, now, at - now);
+            }
+        }
+    }
+
     fn decide(
         &mut self,
         rate: &RateSpec,
@@ -209,7 +227,10 @@ impl Engine for MemoryEngine {
         let out = entry.decide(rate, now, to_ns(max_wait), true);
         entry.refresh_idle(Some(rate), now);
         Ok(match out {
-            Ok(wait) => Reservation::Granted { wait: ns(wait) },
+            Ok(wait) => Reservation::Granted {
+                wait: ns(wait),
+                slot_unix_us: None,
+            },
             Err(retry) => Reservation::Denied {
                 retry_after: ns(retry),
             },
@@ -267,14 +288,20 @@ impl Engine for MemoryEngine {
                 });
             }
         }
+        // Keys are distinct and the shards locked, so the dry run above holds;
+        // every key is charged at the latest slot, when the caller proceeds.
         let mut wait = 0;
         for (ctx, rate) in items {
             let pos = shard_of(&mut guards, ctx.key.encoded());
             let entry = guards[pos].1.entry(ctx.key.encoded(), now);
-            // Keys are distinct and the shards locked, so the dry run above holds.
-            if let Ok(w) = entry.decide(rate, now, max_wait, true) {
+            if let Ok(w) = entry.decide(rate, now, max_wait, false) {
                 wait = wait.max(w);
             }
+        }
+        for (ctx, rate) in items {
+            let pos = shard_of(&mut guards, ctx.key.encoded());
+            let entry = guards[pos].1.entry(ctx.key.encoded(), now);
+            entry.grant_at(rate, now, now + wait);
             entry.refresh_idle(Some(rate), now);
         }
         Ok(BatchReservation::Granted { wait: ns(wait) })
@@ -287,24 +314,11 @@ impl Engine for MemoryEngine {
         Ok(match rate {
             RateSpec::TokenBucket(g) => {
                 let tat = entry.map(|e| e.tat).filter(|&t| t != 0);
-                let s = g.state(tat, now);
-                RateState::TokenBucket {
-                    remaining: s.remaining,
-                    burst: g.burst(),
-                    reset_after: ns(s.reset_after_ns),
-                    retry_after: ns(s.retry_after_ns),
-                }
+                RateState::of_bucket(g, tat, now)
             }
             RateSpec::SlidingWindow(w) => {
                 let empty = VecDeque::new();
-                let s = w.state(entry.map_or(&empty, |e| &e.window), now);
-                RateState::SlidingWindow {
-                    count: s.count,
-                    limit: w.limit(),
-                    remaining: s.remaining,
-                    reset_after: ns(s.reset_after_ns),
-                    retry_after: ns(s.retry_after_ns),
-                }
+                RateState::of_window(w, entry.map_or(&empty, |e| &e.window), now)
             }
         })
     }

@@ -11,7 +11,15 @@
 
 mod holder;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod signal;
+#[cfg(any(feature = "postgres", feature = "nats"))]
+mod stripes;
 
 pub use holder::HolderId;
 pub use signal::{ReleaseHub, ReleaseSignal};
@@ -24,6 +32,26 @@ use async_trait::async_trait;
 use std::fmt::Debug;
 use std::time::Duration;
 
+/// The parameters every engine-side script and SQL function takes for a
+/// rate, as `(kind, p1, p2)`: kind 1 is a token bucket (p1 the emission
+/// interval in µs, p2 the burst), kind 2 a sliding window (p1 the limit, p2
+/// the window in µs). Intervals round up, so a script never admits faster
+/// than the limit.
+pub fn script_args(rate: &RateSpec) -> (i32, i64, i64) {
+    match rate {
+        RateSpec::TokenBucket(g) => (
+            1,
+            i64::try_from(g.emission_ns().div_ceil(1000).max(1)).unwrap_or(i64::MAX),
+            i64::from(g.burst()),
+        ),
+        RateSpec::SlidingWindow(w) => (
+            2,
+            i64::from(w.limit()),
+            i64::try_from(w.window_ns().div_ceil(1000).max(1)).unwrap_or(i64::MAX),
+        ),
+    }
+}
+
 /// The outcome of a rate reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
@@ -31,6 +59,9 @@ pub enum Reservation {
     Granted {
         /// Time until the reserved slot (zero: now).
         wait: Duration,
+        /// When the slot begins on the backend's wall clock, in microseconds
+        /// since the Unix epoch, where the backend has one (Redis `TIME`).
+        slot_unix_us: Option<u64>,
     },
     /// No slot within the caller's bound; nothing was reserved.
     Denied {
@@ -100,6 +131,56 @@ pub enum RateState {
     },
 }
 
+/// A duration in whole microseconds, as scripts and SQL functions take it.
+pub(crate) fn us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Microseconds from a script or SQL function (negative reads as zero).
+pub(crate) fn from_us(v: i64) -> Duration {
+    Duration::from_micros(u64::try_from(v).unwrap_or(0))
+}
+
+/// `max_wait` as the scripts and SQL functions take it: microseconds, -1 for
+/// unbounded (anything past a century).
+pub(crate) fn max_wait_arg(d: Duration) -> i64 {
+    if d >= Duration::from_secs(100 * 365 * 86_400) {
+        -1
+    } else {
+        us(d)
+    }
+}
+
+impl RateState {
+    /// A token bucket's state at `now_ns`, given its theoretical arrival time
+    /// (`None`: the key has no state, the bucket is full).
+    pub fn of_bucket(g: &crate::gcra::Gcra, tat_ns: Option<u64>, now_ns: u64) -> Self {
+        let s = g.state(tat_ns, now_ns);
+        RateState::TokenBucket {
+            remaining: s.remaining,
+            burst: g.burst(),
+            reset_after: Duration::from_nanos(s.reset_after_ns),
+            retry_after: Duration::from_nanos(s.retry_after_ns),
+        }
+    }
+
+    /// A sliding window's state at `now_ns`, given its grant times (ns).
+    pub fn of_window(
+        w: &crate::window::SlidingWindow,
+        grants_ns: &std::collections::VecDeque<u64>,
+        now_ns: u64,
+    ) -> Self {
+        let s = w.state(grants_ns, now_ns);
+        RateState::SlidingWindow {
+            count: s.count,
+            limit: w.limit(),
+            remaining: s.remaining,
+            reset_after: Duration::from_nanos(s.reset_after_ns),
+            retry_after: Duration::from_nanos(s.retry_after_ns),
+        }
+    }
+}
+
 /// A concurrency limit's state, read without taking a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConcurrencyState {
@@ -127,6 +208,12 @@ pub struct Ctx<'a> {
 pub trait Engine: Send + Sync + Debug + 'static {
     /// The engine kind (`memory`, `redis`, ...), for messages and logs.
     fn kind(&self) -> &'static str;
+
+    /// Whether [`reserve_all`](Self::reserve_all) can decide several keys
+    /// atomically. `check_all` refuses, with advice, on an engine that cannot.
+    fn atomic_batches(&self) -> bool {
+        true
+    }
 
     /// Reserves the earliest rate slot for `ctx.key` that begins at most
     /// `max_wait` from now, or reserves nothing and says when the earliest is.
@@ -184,4 +271,37 @@ pub trait Engine: Send + Sync + Debug + 'static {
     /// A signal that fires whenever a slot of `ctx.key` is released. Taken
     /// before an attempt, it cannot miss a release that happens after it.
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError>;
+}
+
+/// A background task that ends with the engine that spawned it.
+#[cfg(any(feature = "postgres", feature = "nats"))]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+#[cfg(any(feature = "postgres", feature = "nats"))]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `url` with any password or user name replaced by `***`, for messages and
+/// logs: the `user:password@` of a URL, and `password=...` in a query string
+/// or a `key=value` DSN.
+pub fn redact_url(url: &str) -> String {
+    let mut out = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    };
+    let mut from = 0;
+    while let Some(i) = out[from..].find("password=").map(|i| i + from) {
+        let start = i + "password=".len();
+        let end = out[start..]
+            .find([' ', '&'])
+            .map_or(out.len(), |j| start + j);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
 }

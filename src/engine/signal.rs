@@ -67,6 +67,16 @@ impl ReleaseHub {
         }
     }
 
+    /// Wakes every waiter of every key: after a lost connection, releases
+    /// may have been missed, and a spurious wake-up only costs one retry.
+    pub fn notify_all(&self) {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        for tx in map.values() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     /// Keys with a live channel (for tests and introspection).
     pub fn len(&self) -> usize {
         self.channels

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod bench;
+mod worker;
+
 #[derive(Parser)]
 #[command(
     name = "ratesync",
@@ -42,7 +45,17 @@ enum Command {
         /// Never wait: report which permits were refused.
         #[arg(long = "try")]
         try_only: bool,
+        /// Keep every permit (and its concurrency slot) until the last one is taken.
+        #[arg(long)]
+        hold: bool,
     },
+    /// Load-test a limiter from several processes: throughput, latency,
+    /// overshoot, accuracy against the limit; `--baseline` beside the
+    /// engine's own reference, `--out DIR` for report.json and SVG charts.
+    Bench(bench::BenchArgs),
+    /// One process of a multi-process load test: hammer a limiter, write every grant as JSON lines.
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
     /// Show a limiter's state without consuming anything.
     State {
         /// The limiter's name.
@@ -60,6 +73,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -88,9 +102,15 @@ fn load(path: Option<PathBuf>) -> ratesync::Result<Config> {
     })
 }
 
-async fn run(cli: Cli) -> ratesync::Result<ExitCode> {
+async fn run(cli: Cli) -> worker::Result<ExitCode> {
     let config = load(cli.config)?;
     match cli.command {
+        Command::Bench(args) => Ok(if bench::run(&config, args).await? {
+            ExitCode::SUCCESS
+        } else {
+            // The grants exceeded the limit: fail, so scripts notice.
+            ExitCode::FAILURE
+        }),
         Command::Check => {
             println!("{}: ok", config.source_name);
             for (name, s) in &config.stores {
@@ -107,6 +127,7 @@ async fn run(cli: Cli) -> ratesync::Result<ExitCode> {
             count,
             timeout,
             try_only,
+            hold,
         } => {
             let registry = Registry::from_config(config).await?;
             let lim = pick(&registry, &limiter, key.as_deref())?;
@@ -130,7 +151,7 @@ async fn run(cli: Cli) -> ratesync::Result<ExitCode> {
                             refused += 1;
                             continue;
                         }
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(e.into()),
                     }
                 };
                 match permit {
@@ -139,8 +160,11 @@ async fn run(cli: Cli) -> ratesync::Result<ExitCode> {
                             "{i}: granted after {:.1} ms",
                             p.waited().as_secs_f64() * 1e3
                         );
-                        // Keep concurrency slots until the end, as a caller in flight would.
-                        held.push(p);
+                        if hold {
+                            held.push(p);
+                        } else {
+                            p.release().await?;
+                        }
                     }
                     None => {
                         println!("{i}: refused (no permit free now)");
@@ -148,7 +172,10 @@ async fn run(cli: Cli) -> ratesync::Result<ExitCode> {
                     }
                 }
             }
-            drop(held);
+            for p in held {
+                p.release().await?;
+            }
+            registry.close().await;
             let m = lim.metrics();
             println!(
                 "acquisitions {}  refused {}  avg wait {:.1} ms  max wait {:.1} ms  max_concurrent reached {}",
@@ -159,6 +186,11 @@ async fn run(cli: Cli) -> ratesync::Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Worker(args) => {
+            let registry = Registry::from_config(config).await?;
+            worker::run(registry, args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::State { limiter, key } => {
             let registry = Registry::from_config(config).await?;

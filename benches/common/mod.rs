@@ -1,0 +1,40 @@
+//! What the engine benches share: the measured loop and the medians.
+
+use ratesync::Limiter;
+use std::time::Instant;
+
+/// Rounds per figure; the tables give their medians.
+pub const ROUNDS: usize = 5;
+
+/// The median of a few measurements.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `calls` try_acquire spread over `tasks` tasks, task `i` on limiter
+/// `i % limiters.len()`; acquisitions per second.
+pub async fn try_acquire_rate(limiters: &[Limiter], tasks: usize, calls: usize) -> f64 {
+    let per_task = calls / tasks;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let lim = limiters[i % limiters.len()].clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let p = lim.try_acquire().await.expect("the store answers");
+                    assert!(p.is_some(), "the bench limit was reached");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("bench task");
+    }
+    (per_task * tasks) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `cargo test --benches` runs bench binaries with `--list`; nothing to list.
+pub fn listing_only() -> bool {
+    std::env::args().any(|a| a == "--list")
+}

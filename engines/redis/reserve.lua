@@ -1,0 +1,14 @@
+-- ratesync: reserve the earliest rate slot within max_wait (DESIGN.md §3.4).
+-- KEYS[1]  state key
+-- ARGV     kind, p1, p2 (see lib.lua), max_wait_us (-1: unbounded)
+-- Returns  {1, wait_us, slot_us} when reserved, {0, retry_after_us, now_us} when not.
+local kind, p1, p2 = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local now = now_us()
+local at, tat = earliest(KEYS[1], kind, p1, p2, now)
+local wait = at - now
+if max_wait >= 0 and wait > max_wait then
+  return {0, wait, now}
+end
+commit(KEYS[1], kind, p1, p2, now, at, tat)
+return {1, wait, at}

@@ -1,0 +1,353 @@
+//! `ratesync worker`: one process of a multi-process load test.
+//!
+//! Several workers, started together on one or many hosts, hammer one shared
+//! limiter and write every grant as a JSON line. A checker (the integration
+//! tests, `ratesync bench`) merges the files and verifies the invariants of
+//! DESIGN.md §3 over all of them. The worker therefore records facts, never
+//! verdicts: the backend's slot time of each grant, when the caller held it
+//! on the local clock, and how many holders a shared counter saw.
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use ratesync::{Limiter, Registry};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Errors of the CLI: the library's, or I/O on the worker's files.
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// How a worker asks for permits.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Mode {
+    /// `acquire()`: reserve the earliest slot and sleep until it.
+    Acquire,
+    /// `try_acquire()`: never wait; back off `--backoff-ms` after a refusal.
+    Try,
+}
+
+/// Arguments of `ratesync worker`.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The limiter's name in the configuration.
+    pub limiter: String,
+    /// Use this per-key limiter of it.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Spread the tasks over this many keys (`k0`, `k1`, ...) instead.
+    #[arg(long, conflicts_with = "key")]
+    pub keys: Option<usize>,
+    /// Concurrent tasks in this process.
+    #[arg(long, default_value_t = 16)]
+    pub tasks: usize,
+    /// Seconds to run; a pending acquire is abandoned at the end.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// How permits are requested.
+    #[arg(long, value_enum, default_value_t = Mode::Acquire)]
+    pub mode: Mode,
+    /// After a refused `try_acquire`, sleep this long (milliseconds; 0 asks
+    /// again at once, which measures the engine's decision rate).
+    #[arg(long, default_value_t = 1.0)]
+    pub backoff_ms: f64,
+    /// Hold each permit this long before releasing it (milliseconds).
+    #[arg(long, default_value_t = 0.0)]
+    pub hold_ms: f64,
+    /// Bound each acquire (seconds) instead of the limiter's own timeout.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Start at this unix time (milliseconds), so workers begin together.
+    #[arg(long)]
+    pub start_at_ms: Option<u64>,
+    /// Record at most this many grants in the output (each is ~90 bytes);
+    /// the rest are still counted, and binned in the summary.
+    #[arg(long)]
+    pub max_records: Option<usize>,
+    /// Write grants here as JSON lines (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A file holding a holders counter shared by all workers on this host:
+    /// incremented under an exclusive lock after each grant, decremented
+    /// before the release. Each grant records the value it saw.
+    #[arg(long)]
+    pub counter: Option<PathBuf>,
+}
+
+/// One grant, as written to the output.
+struct Grant {
+    /// The backend's time of the slot (µs since the epoch); the local time of
+    /// the grant when the engine reports none.
+    slot_us: u64,
+    /// Local time when `acquire` returned and when release began (µs).
+    held_from_us: u64,
+    held_to_us: u64,
+    /// Holders the shared counter saw, this one included (0 without a counter).
+    holders: i64,
+    key: usize,
+}
+
+struct Tally {
+    grants: Vec<Grant>,
+    /// Every grant, recorded or not.
+    granted: u64,
+    /// Grants per 100 ms of slot time, by absolute bin (slot_us / 100,000).
+    bins: BTreeMap<u64, u64>,
+    refusals: u64,
+    errors: u64,
+    /// Every call's latency, grant or refusal (µs).
+    latency_us: Histogram<u64>,
+    /// Each granted acquire's lateness past its reserved slot (µs).
+    overshoot_us: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        // Three significant digits from 1 µs to an hour.
+        let h = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+        Self {
+            grants: Vec::new(),
+            granted: 0,
+            bins: BTreeMap::new(),
+            refusals: 0,
+            errors: 0,
+            latency_us: h(),
+            overshoot_us: h(),
+        }
+    }
+
+    fn absorb(&mut self, other: Tally) -> Result<()> {
+        self.grants.extend(other.grants);
+        self.granted += other.granted;
+        for (bin, n) in other.bins {
+            *self.bins.entry(bin).or_default() += n;
+        }
+        self.refusals += other.refusals;
+        self.errors += other.errors;
+        self.latency_us.add(&other.latency_us)?;
+        self.overshoot_us.add(&other.overshoot_us)?;
+        Ok(())
+    }
+}
+
+/// Bins as `[[bin, count], ...]`.
+fn bins_json(bins: &BTreeMap<u64, u64>) -> String {
+    let pairs: Vec<String> = bins.iter().map(|(b, n)| format!("[{b},{n}]")).collect();
+    format!("[{}]", pairs.join(","))
+}
+
+/// A histogram as `[[value, count], ...]` of its recorded values, which a
+/// reader merges exactly (to the histogram's precision).
+fn histogram_json(h: &Histogram<u64>) -> String {
+    let pairs: Vec<String> = h
+        .iter_recorded()
+        .map(|v| format!("[{},{}]", v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    format!("[{}]", pairs.join(","))
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Adds `delta` to the counter in `path` under an exclusive lock; returns the new value.
+fn bump(path: &Path, delta: i64) -> std::io::Result<i64> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.lock()?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    let value = text.trim().parse::<i64>().unwrap_or(0) + delta;
+    f.set_len(0)?;
+    f.seek(SeekFrom::Start(0))?;
+    write!(f, "{value}")?;
+    f.unlock()?;
+    Ok(value)
+}
+
+async fn bump_async(path: &Option<PathBuf>, delta: i64) -> Result<i64> {
+    let Some(path) = path.clone() else {
+        return Ok(0);
+    };
+    let shown = path.display().to_string();
+    let value = tokio::task::spawn_blocking(move || bump(&path, delta))
+        .await?
+        .map_err(|e| format!("counter file {shown}: {e}"))?;
+    Ok(value)
+}
+
+async fn run_task(
+    limiters: Arc<Vec<Limiter>>,
+    index: usize,
+    args: Arc<WorkerArgs>,
+    deadline: Instant,
+) -> Result<Tally> {
+    let mut tally = Tally::new();
+    let key = index % limiters.len();
+    let limiter = &limiters[key];
+    let hold = Duration::from_secs_f64(args.hold_ms.max(0.0) / 1e3);
+    let backoff = Duration::from_secs_f64(args.backoff_ms.max(0.0) / 1e3);
+    let max_per_task = args.max_records.map(|m| m.div_ceil(args.tasks.max(1)));
+    let mut calls = 0u32;
+    loop {
+        let asked = Instant::now();
+        if asked >= deadline {
+            break;
+        }
+        calls = calls.wrapping_add(1);
+        if calls.is_multiple_of(32) {
+            // An engine that answers without awaiting (memory) would let
+            // one task keep its thread for the whole run; share it.
+            tokio::task::yield_now().await;
+        }
+        let attempt = async {
+            match args.mode {
+                Mode::Try => limiter.try_acquire().await,
+                Mode::Acquire => match args.timeout {
+                    Some(t) => limiter
+                        .acquire_timeout(Duration::from_secs_f64(t.max(0.0)))
+                        .await
+                        .map(Some),
+                    None => limiter.acquire().await.map(Some),
+                },
+            }
+        };
+        let outcome = match args.mode {
+            // Never waits: no deadline timer to arm on every call.
+            Mode::Try => attempt.await,
+            Mode::Acquire => tokio::select! {
+                r = attempt => r,
+                _ = tokio::time::sleep_until(deadline) => break,
+            },
+        };
+        let latency = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tally.latency_us.saturating_record(latency.max(1));
+        let permit = match outcome {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                tally.refusals += 1;
+                if !backoff.is_zero() {
+                    tokio::time::sleep(backoff).await;
+                }
+                continue;
+            }
+            Err(e) if e.is_timeout() => {
+                tally.refusals += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "worker: acquire failed");
+                tally.errors += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let held_from_us = unix_us();
+        if let Mode::Acquire = args.mode {
+            let late = u64::try_from(permit.overshoot().as_micros()).unwrap_or(u64::MAX);
+            tally.overshoot_us.saturating_record(late);
+        }
+        let holders = bump_async(&args.counter, 1).await?;
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
+        bump_async(&args.counter, -1).await?;
+        // Without a hold or a counter the permit is released at once.
+        let held_to_us = if hold.is_zero() && args.counter.is_none() {
+            held_from_us
+        } else {
+            unix_us()
+        };
+        let slot_us = permit.slot_unix_us().unwrap_or(held_from_us);
+        tally.granted += 1;
+        *tally.bins.entry(slot_us / 100_000).or_default() += 1;
+        if max_per_task.is_none_or(|max| tally.grants.len() < max) {
+            tally.grants.push(Grant {
+                slot_us,
+                held_from_us,
+                held_to_us,
+                holders,
+                key,
+            });
+        }
+        if let Err(e) = permit.release().await {
+            tracing::warn!(error = %e, "worker: release failed");
+            tally.errors += 1;
+        }
+    }
+    Ok(tally)
+}
+
+/// Runs the worker; the summary goes to standard error as one JSON object.
+pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
+    let parent = registry.limiter(&args.limiter)?;
+    let limiters: Vec<Limiter> = match (&args.key, args.keys) {
+        (Some(k), _) => vec![parent.key(k)],
+        (None, Some(n)) => (0..n.max(1)).map(|i| parent.key(format!("k{i}"))).collect(),
+        (None, None) => vec![parent.clone()],
+    };
+    if let Some(at) = args.start_at_ms {
+        let now_ms = unix_us() / 1000;
+        if at > now_ms {
+            tokio::time::sleep(Duration::from_millis(at - now_ms)).await;
+        }
+    }
+    let started_us = unix_us();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration.max(0.0));
+    let args = Arc::new(args);
+    let limiters = Arc::new(limiters);
+    let handles: Vec<_> = (0..args.tasks.max(1))
+        .map(|i| tokio::spawn(run_task(limiters.clone(), i, args.clone(), deadline)))
+        .collect();
+    let mut total = Tally::new();
+    let mut task_grants = Vec::new();
+    for h in handles {
+        let t = h.await??;
+        task_grants.push(t.granted.to_string());
+        total.absorb(t)?;
+    }
+    // Acquires abandoned at the deadline give their slots back in the background.
+    registry.close().await;
+    let ended_us = unix_us();
+    let pid = std::process::id();
+    let write = |out: &mut dyn Write| -> std::io::Result<()> {
+        for g in &total.grants {
+            writeln!(
+                out,
+                r#"{{"worker":{pid},"key":{},"slot_us":{},"held_from_us":{},"held_to_us":{},"holders":{}}}"#,
+                g.key, g.slot_us, g.held_from_us, g.held_to_us, g.holders
+            )?;
+        }
+        out.flush()
+    };
+    let written = match &args.out {
+        Some(path) => File::create(path).and_then(|f| write(&mut BufWriter::new(f))),
+        None => write(&mut BufWriter::new(std::io::stdout().lock())),
+    };
+    written.map_err(|e| format!("writing grants: {e}"))?;
+    let m = parent.metrics();
+    eprintln!(
+        r#"{{"worker":{pid},"started_us":{started_us},"ended_us":{ended_us},"grants":{},"recorded":{},"refusals":{},"errors":{},"backend_errors":{},"cas_failures":{},"latency_us":{},"overshoot_us":{},"bins_100ms":{},"task_grants":[{}]}}"#,
+        total.granted,
+        total.grants.len(),
+        total.refusals,
+        total.errors,
+        m.backend_errors,
+        m.cas_failures,
+        histogram_json(&total.latency_us),
+        histogram_json(&total.overshoot_us),
+        bins_json(&total.bins),
+        task_grants.join(",")
+    );
+    Ok(())
+}

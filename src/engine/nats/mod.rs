@@ -1,0 +1,649 @@
+//! The NATS JetStream KV engine: state in a key-value bucket, changed by compare-and-set on revisions.
+//!
+//! Each decision reads a key's entry (value and revision), computes the new
+//! state in Rust with the shared math ([`crate::gcra`], [`crate::window`],
+//! [`crate::lease`]) and writes it with `update(key, value, revision)`; a
+//! write that lost the race (`WrongLastRevision`) is counted in
+//! `cas_failures` and retried after a jittered backoff, up to
+//! `max_cas_retries`, after which the decision fails and follows
+//! `on_backend_error`. Revision 0 means "absent", so creating a key is the
+//! same call.
+//!
+//! Hot keys: DESIGN.md §6 measured that naive CAS collapses (16 tasks on one
+//! key: about 90% of attempts conflict). So at most one decision per key is
+//! in flight from a process (`KeyStripes`, src/engine/stripes.rs), and the value and revision this
+//! process last wrote are cached: the next decision tries its update on them
+//! without reading first, one round trip when nobody else wrote meanwhile.
+//! A decision that would write nothing (a refusal) is always re-checked on a
+//! fresh read, so a stale cache can never refuse wrongly.
+//!
+//! Time: KV has no clock API; see [`clock`] for how server timestamps bound
+//! "now" from below, which makes host clock skew harmless.
+//!
+//! Layout: keys are `<prefix>.r.<key>` (rate) and `<prefix>.c.<key>`
+//! (leases), where `<key>` is the encoded state key with `.` written as `/`
+//! (both allowed in KV keys, so the mapping stays injective and no token is
+//! empty). Values use the versioned binary layout of [`state`]. The bucket is
+//! created at connect if absent, as the `KV_<bucket>` stream with the KV
+//! settings (so it works on nats-server 2.9 as well as current releases),
+//! with history 1 and `max_age_seconds`, so idle keys vanish.
+//!
+//! Releases wake waiters through one KV watch per engine on
+//! `<prefix>.c.>`: an update that leaves a key with fewer leases wakes the
+//! local waiters of that key; a 500 ms poll in the limiter is the fallback.
+
+pub mod clock;
+pub mod state;
+
+use super::stripes::KeyStripes;
+use super::{
+    redact_url, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId,
+    LeaseOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
+};
+use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
+use crate::error::{BackendError, Error};
+use crate::{gcra, lease, window};
+use async_nats::jetstream::{self, kv, stream};
+use async_trait::async_trait;
+use clock::ServerClock;
+use futures_util::StreamExt;
+use rand::Rng;
+use state::State;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the server clock is probed again (see [`clock`]).
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Cached (revision, state) pairs kept at most; the cache is cleared when full.
+const CACHE_MAX: usize = 10_000;
+
+/// Compare-and-set counters of one engine, for tests and benches.
+#[derive(Debug, Default)]
+pub struct CasStats {
+    attempts: AtomicU64,
+    conflicts: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A snapshot of [`CasStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CasCounts {
+    /// Updates sent.
+    pub attempts: u64,
+    /// Updates the server refused with `WrongLastRevision`.
+    pub conflicts: u64,
+    /// Updates the server stored.
+    pub writes: u64,
+}
+
+/// The NATS JetStream KV engine (see the module docs).
+pub struct NatsEngine {
+    kv: kv::Store,
+    prefix: String,
+    url: String,
+    timeout: Duration,
+    max_retries: u32,
+    clock: Arc<ServerClock>,
+    stripes: KeyStripes,
+    cache: Mutex<HashMap<String, (u64, State)>>,
+    stats: CasStats,
+    releases: Arc<ReleaseHub>,
+    listener: OnceLock<Listener>,
+    _prober: AbortOnDrop,
+}
+
+struct Listener {
+    _task: AbortOnDrop,
+    watching: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for NatsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsEngine")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> BackendError {
+    BackendError::new("nats", e.to_string())
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn within<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(backend(format!(
+            "no answer within {:.1} s (response_timeout)",
+            limit.as_secs_f64()
+        )))
+    })
+}
+
+fn created_ns(entry: &kv::Entry) -> i64 {
+    i64::try_from(entry.created.unix_timestamp_nanos()).unwrap_or(0)
+}
+
+/// What a decision does with the state it was given.
+enum Step<T> {
+    /// Nothing to store; answer `T`.
+    Keep(T),
+    /// Store the new state, then answer `T`.
+    Write(State, T),
+}
+
+impl NatsEngine {
+    /// Connects to the store `name` described by `config` (its `url` is
+    /// required), creating the bucket if absent and probing the server clock.
+    pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
+        let url = config.url.clone().unwrap_or_default();
+        let redacted = redact_url(&url);
+        let connect_err = |message: String| Error::Connect {
+            store: name.to_string(),
+            url: redacted.clone(),
+            message,
+        };
+        let timeout = config.response_timeout();
+        let mut options = async_nats::ConnectOptions::new()
+            .name("ratesync")
+            // Retry soon after an outage: the default backoff grows to seconds.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((50u64 << attempts.min(4)).min(500))
+            })
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout));
+        if let Some(path) = &config.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| connect_err(format!("credentials_file {path}: {e}")))?;
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            options = options.add_root_certificates(ca.into()).require_tls(true);
+        }
+        let client = options
+            .connect(url.as_str())
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let js = jetstream::new(client);
+        let kv = open_bucket(&js, config.bucket(), config.max_age())
+            .await
+            .map_err(connect_err)?;
+        let clock = Arc::new(ServerClock::new(
+            config
+                .clock_offset_ms
+                .unwrap_or(0)
+                .saturating_mul(1_000_000),
+        ));
+        let probe_key = format!(
+            "{}.clock.{}",
+            config.prefix(),
+            HolderId::new().as_str().replace('.', "/")
+        );
+        for _ in 0..3 {
+            within(timeout, probe(&kv, &probe_key, &clock))
+                .await
+                .map_err(|e| connect_err(format!("probing the server clock: {e}")))?;
+        }
+        let prober = {
+            let (kv, clock) = (kv.clone(), clock.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    if let Err(e) = within(timeout, probe(&kv, &probe_key, &clock)).await {
+                        tracing::debug!(error = %e, "nats clock probe failed; keeping the last estimate");
+                    }
+                }
+            }))
+        };
+        tracing::debug!(
+            offset_ns = clock.offset_ns(),
+            uncertainty = ?clock.uncertainty(),
+            "nats server clock probed"
+        );
+        Ok(Self {
+            kv,
+            prefix: config.prefix().to_string(),
+            url: redacted,
+            timeout,
+            max_retries: config.max_cas_retries(),
+            clock,
+            stripes: KeyStripes::new(),
+            cache: Mutex::new(HashMap::new()),
+            stats: CasStats::default(),
+            releases: Arc::new(ReleaseHub::new()),
+            listener: OnceLock::new(),
+            _prober: prober,
+        })
+    }
+
+    /// This engine's compare-and-set counters so far.
+    pub fn cas_counts(&self) -> CasCounts {
+        CasCounts {
+            attempts: self.stats.attempts.load(Ordering::Relaxed),
+            conflicts: self.stats.conflicts.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The engine's server clock (see [`clock`]).
+    pub fn clock(&self) -> &ServerClock {
+        &self.clock
+    }
+
+    fn key(&self, kind: &str, ctx: &Ctx<'_>) -> String {
+        format!(
+            "{}.{kind}.{}",
+            self.prefix,
+            ctx.key.encoded().replace('.', "/")
+        )
+    }
+
+    /// The key's revision (0: absent), state and server stamp, read fresh.
+    async fn read(&self, key: &str) -> Result<(u64, State, Option<u64>), BackendError> {
+        let entry = within(self.timeout, async {
+            self.kv.entry(key).await.map_err(backend)
+        })
+        .await?;
+        Ok(match entry {
+            None => (0, State::Empty, None),
+            Some(e) => {
+                let created = u64::try_from(created_ns(&e)).ok();
+                let state = match e.operation {
+                    kv::Operation::Put => State::decode(&e.value)
+                        .map_err(|err| backend(format!("key {key}: {err}")))?,
+                    _ => State::Empty,
+                };
+                (e.revision, state, created)
+            }
+        })
+    }
+
+    fn cached(&self, key: &str) -> Option<(u64, State)> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(&self, key: &str, entry: Option<(u64, State)>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match entry {
+            Some(e) => {
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key.to_string(), e);
+            }
+            None => {
+                cache.remove(key);
+            }
+        }
+    }
+
+    /// One decision on `key`: `decide(state, now_ns)` until its write is
+    /// stored or the retries run out (see the module docs).
+    async fn decide<T>(
+        &self,
+        ctx: &Ctx<'_>,
+        key: &str,
+        mut decide: impl FnMut(State, u64) -> Step<T>,
+    ) -> Result<T, BackendError> {
+        let _turn = within(self.timeout, async { Ok(self.stripes.turn(&[key]).await) }).await?;
+        let mut known = self.cached(key);
+        let mut conflicts = 0u32;
+        let result = loop {
+            let (revision, state, created, from_cache) = match known.take() {
+                Some((rev, state)) => (rev, state, None, true),
+                None => {
+                    let (rev, state, created) = self.read(key).await?;
+                    (rev, state, created, false)
+                }
+            };
+            let now = match created {
+                Some(c) => self.clock.now_at_least(c),
+                None => self.clock.now_ns(),
+            };
+            match decide(state, now) {
+                Step::Keep(out) if !from_cache => break Ok(out),
+                Step::Keep(_) => continue, // decided on what this process last wrote: check afresh
+                Step::Write(new, out) => {
+                    self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+                    let bytes = new.encode();
+                    let sent = within(self.timeout, async {
+                        Ok(self.kv.update(key, bytes.into(), revision).await)
+                    })
+                    .await;
+                    match sent {
+                        Ok(Ok(rev)) => {
+                            self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                            self.remember(key, Some((rev, new)));
+                            break Ok(out);
+                        }
+                        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            // Counted at once, in both places, so a decision
+                            // abandoned mid-retry leaves the two in step.
+                            self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                            ctx.metrics.record_cas_failures(1);
+                            self.remember(key, None);
+                            conflicts += 1;
+                            if conflicts >= self.max_retries {
+                                break Err(BackendError {
+                                    engine: "nats",
+                                    message: format!(
+                                        "{conflicts} compare-and-set conflicts in a row on key {key}; raise max_cas_retries or spread the load over more keys"
+                                    ),
+                                    cas_exhausted: true,
+                                });
+                            }
+                            // Jittered, growing backoff so the contenders spread out.
+                            let cap = 200u64 << conflicts.min(6);
+                            let pause = rand::thread_rng().gen_range(0..cap);
+                            tokio::time::sleep(Duration::from_micros(pause)).await;
+                        }
+                        Ok(Err(e)) => {
+                            self.remember(key, None);
+                            break Err(backend(e));
+                        }
+                        Err(e) => {
+                            self.remember(key, None);
+                            break Err(e);
+                        }
+                    }
+                }
+            }
+        };
+        result
+    }
+
+    /// Starts the KV watch on first use and waits (briefly) until it runs, so
+    /// the first waiter does not miss an early release.
+    async fn ensure_listener(&self) {
+        let listener = self.listener.get_or_init(|| {
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(listen(
+                self.kv.clone(),
+                format!("{}.c.>", self.prefix),
+                Arc::downgrade(&self.releases),
+                tx,
+            ));
+            Listener {
+                _task: AbortOnDrop(task),
+                watching: rx,
+            }
+        });
+        let mut rx = listener.watching.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| *s)).await;
+    }
+}
+
+/// Opens the bucket, creating its stream with the KV settings when absent.
+/// Creating the stream directly (rather than `create_key_value`) works on
+/// nats-server 2.9, whose account info lacks fields newer clients expect.
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        max_age,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    if let Err(e) = js.create_stream(config).await {
+        // Another process may have created it in the meantime.
+        tracing::debug!(error = %e, bucket, "creating the KV stream failed; opening it instead");
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("cannot open or create bucket {bucket}: {e}"))
+}
+
+/// Writes the probe key and reads back the server's stamp on it.
+async fn probe(kv: &kv::Store, key: &str, clock: &ServerClock) -> Result<(), BackendError> {
+    let t0 = clock.local_ns();
+    kv.put(key, Vec::new().into()).await.map_err(backend)?;
+    let t1 = clock.local_ns();
+    let entry = kv
+        .entry(key)
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| backend("the clock probe key vanished"))?;
+    clock.record_probe(t0, t1, created_ns(&entry));
+    Ok(())
+}
+
+/// Keeps one KV watch on the lease keys, re-established with backoff, and
+/// wakes local waiters of a key whose leases decreased. After every
+/// (re)start it wakes all waiters, since releases may have been missed.
+async fn listen(
+    kv: kv::Store,
+    pattern: String,
+    hub: std::sync::Weak<ReleaseHub>,
+    watching: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match kv.watch(&pattern).await {
+            Ok(mut updates) => {
+                backoff = Duration::from_millis(100);
+                let _ = watching.send(true);
+                match hub.upgrade() {
+                    Some(h) => h.notify_all(),
+                    None => return,
+                }
+                let mut leases: HashMap<String, usize> = HashMap::new();
+                while let Some(update) = updates.next().await {
+                    let Some(h) = hub.upgrade() else { return };
+                    let entry = match update {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "nats KV watch error");
+                            break;
+                        }
+                    };
+                    let held = match entry.operation {
+                        kv::Operation::Put => State::decode(&entry.value)
+                            .map(|s| s.into_leases().len())
+                            .unwrap_or(0),
+                        _ => 0,
+                    };
+                    if leases.len() >= CACHE_MAX {
+                        leases.clear();
+                    }
+                    match leases.insert(entry.key.clone(), held) {
+                        Some(before) if held >= before => {}
+                        _ => h.notify(&entry.key),
+                    }
+                }
+                let _ = watching.send(false);
+                tracing::warn!("nats KV watch ended; restarting it");
+            }
+            Err(e) => tracing::debug!(error = %e, "nats KV watch failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[async_trait]
+impl Engine for NatsEngine {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn atomic_batches(&self) -> bool {
+        false
+    }
+
+    async fn reserve(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
+        let key = self.key("r", &ctx);
+        let max_wait = ns(max_wait);
+        let rate = *rate;
+        self.decide(&ctx, &key, move |state, now| {
+            let outcome = match rate {
+                RateSpec::TokenBucket(g) => match g.decide(state.tat(), now, 1, max_wait) {
+                    gcra::Decision::Granted { wait_ns, new_tat } => {
+                        Ok((wait_ns, State::Bucket { tat: new_tat }))
+                    }
+                    gcra::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+                },
+                RateSpec::SlidingWindow(w) => {
+                    let mut grants = state.into_grants();
+                    w.trim(&mut grants, now);
+                    match w.decide(&grants, now, max_wait) {
+                        window::Decision::Granted { wait_ns } => {
+                            w.record(&mut grants, now, wait_ns);
+                            Ok((wait_ns, State::Window { grants }))
+                        }
+                        window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+                    }
+                }
+            };
+            match outcome {
+                Ok((wait_ns, new)) => Step::Write(
+                    new,
+                    Reservation::Granted {
+                        wait: Duration::from_nanos(wait_ns),
+                        slot_unix_us: Some((now + wait_ns) / 1000),
+                    },
+                ),
+                Err(retry) => Step::Keep(Reservation::Denied {
+                    retry_after: Duration::from_nanos(retry),
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn reserve_all(
+        &self,
+        _items: &[(Ctx<'_>, RateSpec)],
+        _max_wait: Duration,
+    ) -> Result<BatchReservation, BackendError> {
+        Err(backend(
+            "NATS KV has no multi-key compare-and-set, so check_all is not available on this engine",
+        ))
+    }
+
+    async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
+        let key = self.key("r", &ctx);
+        let (_, state, created) = self.read(&key).await?;
+        let now = created.map_or(self.clock.now_ns(), |c| self.clock.now_at_least(c));
+        Ok(match rate {
+            RateSpec::TokenBucket(g) => RateState::of_bucket(g, state.tat(), now),
+            RateSpec::SlidingWindow(w) => RateState::of_window(w, &state.into_grants(), now),
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        ctx: Ctx<'_>,
+        holder: &HolderId,
+        spec: &ConcurrencySpec,
+    ) -> Result<LeaseOutcome, BackendError> {
+        let key = self.key("c", &ctx);
+        let (ttl, max) = (ns(spec.lease), spec.max);
+        self.decide(&ctx, &key, |state, now| {
+            let mut leases = state.into_leases();
+            match lease::acquire(&mut leases, holder.as_str(), now, ttl, max) {
+                lease::Acquire::Acquired { holders } => {
+                    Step::Write(State::Leases { leases }, LeaseOutcome::Acquired { holders })
+                }
+                lease::Acquire::Full { retry_after_ns } => Step::Keep(LeaseOutcome::Full {
+                    retry_after: Duration::from_nanos(retry_after_ns),
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        ctx: Ctx<'_>,
+        holder: &HolderId,
+        lease_for: Duration,
+    ) -> Result<bool, BackendError> {
+        let key = self.key("c", &ctx);
+        let ttl = ns(lease_for);
+        self.decide(&ctx, &key, |state, now| {
+            let mut leases = state.into_leases();
+            if lease::renew(&mut leases, holder.as_str(), now, ttl) {
+                Step::Write(State::Leases { leases }, true)
+            } else {
+                Step::Keep(false)
+            }
+        })
+        .await
+    }
+
+    async fn release_lease(&self, ctx: Ctx<'_>, holder: &HolderId) -> Result<bool, BackendError> {
+        let key = self.key("c", &ctx);
+        self.decide(&ctx, &key, |state, _| {
+            let mut leases = state.into_leases();
+            if lease::release(&mut leases, holder.as_str()) {
+                Step::Write(State::Leases { leases }, true)
+            } else {
+                Step::Keep(false)
+            }
+        })
+        .await
+    }
+
+    async fn lease_state(
+        &self,
+        ctx: Ctx<'_>,
+        spec: &ConcurrencySpec,
+    ) -> Result<ConcurrencyState, BackendError> {
+        let key = self.key("c", &ctx);
+        let (_, state, created) = self.read(&key).await?;
+        let now = created.map_or(self.clock.now_ns(), |c| self.clock.now_at_least(c));
+        let mut leases = state.into_leases();
+        lease::expire(&mut leases, now);
+        Ok(ConcurrencyState {
+            holders: leases.len() as u32,
+            max: spec.max,
+            next_expiry: leases
+                .iter()
+                .map(|l| l.expires_at)
+                .min()
+                .map(|e| Duration::from_nanos(e.saturating_sub(now))),
+        })
+    }
+
+    async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
+        // Subscribe locally first: a release after this point is never lost.
+        let signal = self.releases.subscribe(&self.key("c", &ctx));
+        self.ensure_listener().await;
+        Ok(signal)
+    }
+}

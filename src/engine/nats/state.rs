@@ -1,0 +1,231 @@
+//! The binary layout of one key's state in the KV bucket, versioned so it can evolve.
+//!
+//! ```text
+//! byte 0     layout version (1)
+//! byte 1     kind: 1 token bucket, 2 sliding window, 3 leases
+//! kind 1     u64 TAT (ns, server time)
+//! kind 2     u32 n, then n x u64 grant times (ns)
+//! kind 3     u32 n, then n x (u64 expiry ns, u8 holder length, holder bytes)
+//! ```
+//!
+//! Integers are little-endian. An absent or deleted key is the empty state.
+
+use crate::lease::Lease;
+use std::collections::VecDeque;
+
+/// The layout this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// One key's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum State {
+    /// Nothing stored (or a layout of another kind, which a policy change left behind).
+    #[default]
+    Empty,
+    /// A token bucket.
+    Bucket {
+        /// Theoretical arrival time, ns of server time.
+        tat: u64,
+    },
+    /// A sliding window.
+    Window {
+        /// The last grants, oldest first, ns of server time.
+        grants: VecDeque<u64>,
+    },
+    /// A concurrency limiter.
+    Leases {
+        /// Current holders and when their leases run out.
+        leases: Vec<Lease>,
+    },
+}
+
+/// Why stored bytes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Written by a newer build.
+    NewerVersion(u8),
+    /// Cut short or otherwise malformed.
+    Malformed,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::NewerVersion(v) => write!(
+                f,
+                "state layout version {v} is newer than this build reads ({VERSION}); upgrade ratesync on every host"
+            ),
+            DecodeError::Malformed => write!(f, "state value is malformed"),
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        if self.0.len() < N {
+            return Err(DecodeError::Malformed);
+        }
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().map_err(|_| DecodeError::Malformed)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take::<8>()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take::<4>()?))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Malformed);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+}
+
+impl State {
+    /// Reads stored bytes; empty bytes are the empty state.
+    pub fn decode(bytes: &[u8]) -> Result<State, DecodeError> {
+        let mut r = Reader(bytes);
+        let Ok([version]) = r.take::<1>() else {
+            return Ok(State::Empty);
+        };
+        if version > VERSION {
+            return Err(DecodeError::NewerVersion(version));
+        }
+        let [kind] = r.take::<1>()?;
+        let state = match kind {
+            1 => State::Bucket { tat: r.u64()? },
+            2 => {
+                let n = r.u32()? as usize;
+                let mut grants = VecDeque::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    grants.push_back(r.u64()?);
+                }
+                State::Window { grants }
+            }
+            3 => {
+                let n = r.u32()? as usize;
+                let mut leases = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    let expires_at = r.u64()?;
+                    let [len] = r.take::<1>()?;
+                    let holder = std::str::from_utf8(r.bytes(len as usize)?)
+                        .map_err(|_| DecodeError::Malformed)?
+                        .to_string();
+                    leases.push(Lease { holder, expires_at });
+                }
+                State::Leases { leases }
+            }
+            _ => return Err(DecodeError::Malformed),
+        };
+        Ok(state)
+    }
+
+    /// The bytes to store.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match self {
+            State::Empty => out.truncate(0),
+            State::Bucket { tat } => {
+                out.push(1);
+                out.extend_from_slice(&tat.to_le_bytes());
+            }
+            State::Window { grants } => {
+                out.push(2);
+                out.extend_from_slice(&(grants.len() as u32).to_le_bytes());
+                for g in grants {
+                    out.extend_from_slice(&g.to_le_bytes());
+                }
+            }
+            State::Leases { leases } => {
+                out.push(3);
+                out.extend_from_slice(&(leases.len() as u32).to_le_bytes());
+                for l in leases {
+                    out.extend_from_slice(&l.expires_at.to_le_bytes());
+                    // Holder ids are short ASCII (see HolderId); longer ones are cut.
+                    let h = &l.holder.as_bytes()[..l.holder.len().min(255)];
+                    out.push(h.len() as u8);
+                    out.extend_from_slice(h);
+                }
+            }
+        }
+        out
+    }
+
+    /// The bucket's TAT, if this is a bucket.
+    pub fn tat(&self) -> Option<u64> {
+        match self {
+            State::Bucket { tat } => Some(*tat),
+            _ => None,
+        }
+    }
+
+    /// The window's grants (empty for any other state).
+    pub fn into_grants(self) -> VecDeque<u64> {
+        match self {
+            State::Window { grants } => grants,
+            _ => VecDeque::new(),
+        }
+    }
+
+    /// The leases (empty for any other state).
+    pub fn into_leases(self) -> Vec<Lease> {
+        match self {
+            State::Leases { leases } => leases,
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips() {
+        let states = [
+            State::Empty,
+            State::Bucket { tat: u64::MAX - 7 },
+            State::Window {
+                grants: [1, 2, 1 << 60].into_iter().collect(),
+            },
+            State::Leases {
+                leases: vec![
+                    Lease {
+                        holder: "1a-2b-3".into(),
+                        expires_at: 99,
+                    },
+                    Lease {
+                        holder: String::new(),
+                        expires_at: 0,
+                    },
+                ],
+            },
+        ];
+        for s in states {
+            assert_eq!(State::decode(&s.encode()), Ok(s));
+        }
+    }
+
+    #[test]
+    fn newer_and_broken_layouts_are_errors() {
+        assert_eq!(
+            State::decode(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::NewerVersion(2))
+        );
+        assert_eq!(State::decode(&[1, 1, 0]), Err(DecodeError::Malformed));
+        assert_eq!(
+            State::decode(&[1, 2, 5, 0, 0, 0]),
+            Err(DecodeError::Malformed)
+        );
+        assert_eq!(State::decode(&[1, 9]), Err(DecodeError::Malformed));
+    }
+}

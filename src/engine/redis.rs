@@ -1,0 +1,417 @@
+//! The Redis engine: every decision is one EVALSHA of a Lua script, atomic on the server.
+//!
+//! The scripts live in `engines/redis/` and read the server's clock with
+//! `TIME`, so host clocks play no part in a decision (DESIGN.md §3.5). Each
+//! script is `lib.lua` followed by its own body, because Redis has no script
+//! includes. [`redis::Script`] sends EVALSHA and loads the script on NOSCRIPT.
+//!
+//! Commands go through one [`ConnectionManager`]: a multiplexed connection
+//! that many tasks share (calls are pipelined, not queued behind each other)
+//! and that reconnects by itself after an outage.
+//!
+//! Keys are `{prefix}:{<encoded key>}:<kind>` where the braces are a Redis
+//! Cluster hash tag, so every key of one limiter key lands in one slot:
+//! `r` holds a bucket's TAT or a window's grant list, `c` the concurrency
+//! leases. The encoded key uses only `[-_=.a-zA-Z0-9]` (see [`crate::StateKey`]),
+//! so it can neither contain a brace nor collide with another key. Releases are
+//! published on `{prefix}:released:<encoded key>`; one pattern subscription
+//! per engine feeds the in-process [`ReleaseHub`].
+//!
+//! Numbers: Redis truncates Lua numbers to integers in replies, so scripts
+//! work in integer microseconds. A token bucket's emission interval is
+//! rounded *up* to a whole microsecond (admitting slightly less, never more):
+//! at 10,000/s it is exact; at 7,000/s the admitted rate is 6,993/s.
+
+use super::{from_us, max_wait_arg, script_args, us};
+use super::{
+    redact_url, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState,
+    ReleaseHub, ReleaseSignal, Reservation,
+};
+use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
+use crate::error::{BackendError, Error};
+use crate::gcra::Gcra;
+use crate::window::SlidingWindow;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LIB: &str = include_str!("../../engines/redis/lib.lua");
+
+/// The full text of a script as the engine sends it: `lib.lua`, then the body.
+fn source(body: &str) -> String {
+    format!("{LIB}\n{body}")
+}
+
+/// The text the engine runs for the script `name` (the file stem under
+/// `engines/redis/`, e.g. `"reserve"`), for tools that measure the same
+/// script outside the engine, such as `redis-benchmark` in `benches/redis.rs`.
+/// `None` for an unknown name.
+pub fn script_source(name: &str) -> Option<String> {
+    let body = match name {
+        "reserve" => include_str!("../../engines/redis/reserve.lua"),
+        "reserve_all" => include_str!("../../engines/redis/reserve_all.lua"),
+        "rate_state" => include_str!("../../engines/redis/rate_state.lua"),
+        "lease_acquire" => include_str!("../../engines/redis/lease_acquire.lua"),
+        "lease_renew" => include_str!("../../engines/redis/lease_renew.lua"),
+        "lease_release" => include_str!("../../engines/redis/lease_release.lua"),
+        "lease_state" => include_str!("../../engines/redis/lease_state.lua"),
+        _ => return None,
+    };
+    Some(source(body))
+}
+
+struct Scripts {
+    reserve: Script,
+    reserve_all: Script,
+    rate_state: Script,
+    lease_acquire: Script,
+    lease_renew: Script,
+    lease_release: Script,
+    lease_state: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let load = |name| Script::new(&script_source(name).unwrap_or_default());
+        Self {
+            reserve: load("reserve"),
+            reserve_all: load("reserve_all"),
+            rate_state: load("rate_state"),
+            lease_acquire: load("lease_acquire"),
+            lease_renew: load("lease_renew"),
+            lease_release: load("lease_release"),
+            lease_state: load("lease_state"),
+        }
+    }
+}
+
+/// The Redis engine (see the module docs).
+pub struct RedisEngine {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+    url: String,
+    scripts: Scripts,
+    releases: Arc<ReleaseHub>,
+    listener: OnceLock<Listener>,
+}
+
+/// The pattern subscription task; aborted with the engine.
+struct Listener {
+    task: JoinHandle<()>,
+    subscribed: watch::Receiver<bool>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn backend(e: redis::RedisError) -> BackendError {
+    BackendError::new("redis", e.to_string())
+}
+
+impl RedisEngine {
+    /// Connects to the store `name` described by `config` (its `url` is required).
+    pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
+        let url = config.url.clone().unwrap_or_default();
+        let redacted = redact_url(&url);
+        let connect_err = |message: String| Error::Connect {
+            store: name.to_string(),
+            url: redacted.clone(),
+            message,
+        };
+        if url.starts_with("rediss://") {
+            // rustls needs one process-wide crypto provider; another part of
+            // the program may have installed one already, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = redis::Client::open(url.as_str()).map_err(|e| connect_err(e.to_string()))?;
+        let timeout = config.response_timeout();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        Ok(Self {
+            conn,
+            client,
+            prefix: config.prefix().to_string(),
+            url: redacted,
+            scripts: Scripts::new(),
+            releases: Arc::new(ReleaseHub::new()),
+            listener: OnceLock::new(),
+        })
+    }
+
+    fn rate_key(&self, ctx: &Ctx<'_>) -> String {
+        format!("{}:{{{}}}:r", self.prefix, ctx.key.encoded())
+    }
+
+    fn lease_key(&self, ctx: &Ctx<'_>) -> String {
+        format!("{}:{{{}}}:c", self.prefix, ctx.key.encoded())
+    }
+
+    fn channel_prefix(&self) -> String {
+        format!("{}:released:", self.prefix)
+    }
+
+    /// Starts the pattern subscription on first use and waits (briefly) until
+    /// it is active, so the first waiter does not miss an early release.
+    async fn ensure_listener(&self) {
+        let listener = self.listener.get_or_init(|| {
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(listen(
+                self.client.clone(),
+                self.channel_prefix(),
+                Arc::downgrade(&self.releases),
+                tx,
+            ));
+            Listener {
+                task,
+                subscribed: rx,
+            }
+        });
+        let mut rx = listener.subscribed.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| *s)).await;
+    }
+}
+
+/// Keeps one PSUBSCRIBE on `{prefix}:released:*` alive, reconnecting with
+/// backoff, and wakes local waiters for each release message. After every
+/// (re)subscription it wakes all waiters, since releases may have been missed.
+async fn listen(
+    client: redis::Client,
+    channel_prefix: String,
+    hub: std::sync::Weak<ReleaseHub>,
+    subscribed: watch::Sender<bool>,
+) {
+    let pattern = format!("{channel_prefix}*");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.psubscribe(&pattern).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    let _ = subscribed.send(true);
+                    match hub.upgrade() {
+                        Some(h) => h.notify_all(),
+                        None => return,
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Some(h) = hub.upgrade() else { return };
+                        if let Some(key) = msg.get_channel_name().strip_prefix(&channel_prefix) {
+                            h.notify(key);
+                        }
+                    }
+                    let _ = subscribed.send(false);
+                    tracing::warn!("redis release subscription lost; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, "redis PSUBSCRIBE failed; retrying"),
+            },
+            Err(e) => tracing::debug!(error = %e, "redis pub/sub connection failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn reserve(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
+        let (kind, p1, p2) = script_args(rate);
+        let mut conn = self.conn.clone();
+        let r: (i64, i64, i64) = self
+            .scripts
+            .reserve
+            .key(self.rate_key(&ctx))
+            .arg(kind)
+            .arg(p1)
+            .arg(p2)
+            .arg(max_wait_arg(max_wait))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(match r {
+            (1, wait, slot) => Reservation::Granted {
+                wait: from_us(wait),
+                slot_unix_us: u64::try_from(slot).ok(),
+            },
+            (_, retry, _) => Reservation::Denied {
+                retry_after: from_us(retry),
+            },
+        })
+    }
+
+    async fn reserve_all(
+        &self,
+        items: &[(Ctx<'_>, RateSpec)],
+        max_wait: Duration,
+    ) -> Result<BatchReservation, BackendError> {
+        let mut inv = self.scripts.reserve_all.prepare_invoke();
+        inv.arg(max_wait_arg(max_wait));
+        for (ctx, rate) in items {
+            let (kind, p1, p2) = script_args(rate);
+            inv.key(self.rate_key(ctx)).arg(kind).arg(p1).arg(p2);
+        }
+        let mut conn = self.conn.clone();
+        let r: (i64, i64, i64) = inv.invoke_async(&mut conn).await.map_err(backend)?;
+        Ok(match r {
+            (1, wait, _) => BatchReservation::Granted {
+                wait: from_us(wait),
+            },
+            (_, retry, index) => BatchReservation::Denied {
+                index: usize::try_from(index - 1).unwrap_or(0),
+                retry_after: from_us(retry),
+            },
+        })
+    }
+
+    async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
+        let (kind, _, _) = script_args(rate);
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = self
+            .scripts
+            .rate_state
+            .key(self.rate_key(&ctx))
+            .arg(kind)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        let ns = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
+        let now = ns(*r
+            .first()
+            .ok_or_else(|| BackendError::new("redis", "empty reply to rate_state"))?);
+        // The same math as the script, at the script's microsecond granularity.
+        Ok(match rate {
+            RateSpec::TokenBucket(g) => {
+                let (_, p1, _) = script_args(rate);
+                let g_us = Gcra::with_emission_ns(ns(p1), g.burst());
+                let tat = r.get(1).copied().filter(|&t| t > 0).map(ns);
+                RateState::of_bucket(&g_us, tat, now)
+            }
+            RateSpec::SlidingWindow(w) => {
+                let (_, _, p2) = script_args(rate);
+                let w_us = SlidingWindow::new(w.limit(), ns(p2)).unwrap_or(*w);
+                let grants: VecDeque<u64> = r[1..].iter().map(|&v| ns(v)).collect();
+                RateState::of_window(&w_us, &grants, now)
+            }
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        ctx: Ctx<'_>,
+        holder: &HolderId,
+        spec: &ConcurrencySpec,
+    ) -> Result<LeaseOutcome, BackendError> {
+        let mut conn = self.conn.clone();
+        let r: (i64, i64) = self
+            .scripts
+            .lease_acquire
+            .key(self.lease_key(&ctx))
+            .arg(holder.as_str())
+            .arg(us(spec.lease))
+            .arg(spec.max)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(match r {
+            (1, holders) => LeaseOutcome::Acquired {
+                holders: u32::try_from(holders).unwrap_or(u32::MAX),
+            },
+            (_, retry) => LeaseOutcome::Full {
+                retry_after: from_us(retry),
+            },
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        ctx: Ctx<'_>,
+        holder: &HolderId,
+        lease: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let kept: i64 = self
+            .scripts
+            .lease_renew
+            .key(self.lease_key(&ctx))
+            .arg(holder.as_str())
+            .arg(us(lease))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(kept == 1)
+    }
+
+    async fn release_lease(&self, ctx: Ctx<'_>, holder: &HolderId) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = self
+            .scripts
+            .lease_release
+            .key(self.lease_key(&ctx))
+            .arg(holder.as_str())
+            .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded()))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(removed == 1)
+    }
+
+    async fn lease_state(
+        &self,
+        ctx: Ctx<'_>,
+        spec: &ConcurrencySpec,
+    ) -> Result<ConcurrencyState, BackendError> {
+        let mut conn = self.conn.clone();
+        let (now, holders, first): (i64, i64, i64) = self
+            .scripts
+            .lease_state
+            .key(self.lease_key(&ctx))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(ConcurrencyState {
+            holders: u32::try_from(holders).unwrap_or(0),
+            max: spec.max,
+            next_expiry: (first > 0).then(|| from_us(first - now)),
+        })
+    }
+
+    async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
+        // Subscribe locally first: a release after this point is never lost.
+        let signal = self.releases.subscribe(ctx.key.encoded());
+        self.ensure_listener().await;
+        Ok(signal)
+    }
+}

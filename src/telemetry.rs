@@ -1,0 +1,319 @@
+//! OpenTelemetry instruments for every limiter metric, and a Prometheus `/metrics` endpoint serving them.
+//!
+//! Counters and gauges are *observable* instruments: they read the
+//! limiters' atomic counters when a collection happens, so the hot path pays
+//! nothing for them. The wait-time histogram is recorded as each permit is
+//! granted. Every instrument is labelled `limiter` with the limiter's name,
+//! never with a per-key key, so cardinality stays bounded.
+//!
+//! Names as Prometheus shows them (the exporter adds `_total` to counters):
+//!
+//! | name | type | meaning |
+//! |---|---|---|
+//! | `ratesync_acquisitions_total` | counter | permits granted |
+//! | `ratesync_timeouts_total` | counter | refused `try_acquire` + timed-out `acquire` |
+//! | `ratesync_cas_failures_total` | counter | compare-and-set conflicts (NATS) |
+//! | `ratesync_backend_errors_total` | counter | store failures |
+//! | `ratesync_releases_total` | counter | permits' concurrency slots given back |
+//! | `ratesync_max_concurrent_reached_total` | counter | acquires that found every slot taken |
+//! | `ratesync_concurrent` | gauge | slots held by this process |
+//! | `ratesync_max_concurrent` | gauge | the configured cap (limiters with one) |
+//! | `ratesync_max_wait_ms` | gauge | longest wait of a granted permit |
+//! | `ratesync_avg_wait_ms` | gauge | mean wait of granted permits |
+//! | `ratesync_wait_ms` | histogram | waits of granted permits (`_bucket`, `_sum`, `_count`), buckets 0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000 ms |
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = ratesync::Registry::from_file("config.toml").await?;
+//! let exporter = ratesync::telemetry::PrometheusExporter::new(&registry)?;
+//! let server = exporter.serve("127.0.0.1:9464".parse()?).await?; // GET /metrics
+//! # drop(server); Ok(()) }
+//! ```
+
+use crate::metrics::WAIT_BUCKETS_MS;
+use crate::registry::Registry;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The instrument names, as registered with OpenTelemetry (before the
+/// exporter adds `_total` to counters).
+pub const INSTRUMENTS: [&str; 11] = [
+    "ratesync_acquisitions",
+    "ratesync_timeouts",
+    "ratesync_cas_failures",
+    "ratesync_backend_errors",
+    "ratesync_releases",
+    "ratesync_max_concurrent_reached",
+    "ratesync_concurrent",
+    "ratesync_max_concurrent",
+    "ratesync_max_wait_ms",
+    "ratesync_avg_wait_ms",
+    "ratesync_wait_ms",
+];
+
+/// The metric names a Prometheus scrape shows (counters with `_total`, the
+/// histogram as its three series), for checking dashboards and rules.
+pub fn exported_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for n in INSTRUMENTS {
+        match n {
+            "ratesync_concurrent"
+            | "ratesync_max_concurrent"
+            | "ratesync_max_wait_ms"
+            | "ratesync_avg_wait_ms" => names.push(n.to_string()),
+            "ratesync_wait_ms" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{n}{suffix}"));
+                }
+            }
+            _ => names.push(format!("{n}_total")),
+        }
+    }
+    names
+}
+
+fn labels(name: &str) -> [KeyValue; 1] {
+    [KeyValue::new("limiter", name.to_string())]
+}
+
+impl Registry {
+    /// Registers this registry's instruments with `meter` (from a
+    /// `MeterProvider` you configured, with any exporter). Limiters added
+    /// later are covered too.
+    pub fn install_telemetry(&self, meter: &Meter) {
+        macro_rules! counter {
+            ($name:literal, $desc:literal, $field:ident) => {{
+                let reg = self.clone();
+                meter
+                    .u64_observable_counter($name)
+                    .with_description($desc)
+                    .with_callback(move |o| {
+                        for (name, m) in reg.metrics() {
+                            o.observe(m.$field, &labels(&name));
+                        }
+                    })
+                    .build();
+            }};
+        }
+        counter!(
+            "ratesync_acquisitions",
+            "Permits granted",
+            total_acquisitions
+        );
+        counter!(
+            "ratesync_timeouts",
+            "Refused try_acquire calls and timed-out acquire calls",
+            timeouts
+        );
+        counter!(
+            "ratesync_cas_failures",
+            "Compare-and-set conflicts met by the engine",
+            cas_failures
+        );
+        counter!(
+            "ratesync_backend_errors",
+            "Store failures, whatever the failure mode did",
+            backend_errors
+        );
+        counter!(
+            "ratesync_releases",
+            "Concurrency slots given back",
+            total_releases
+        );
+        counter!(
+            "ratesync_max_concurrent_reached",
+            "Acquires that found every concurrency slot taken",
+            max_concurrent_reached
+        );
+        let reg = self.clone();
+        meter
+            .i64_observable_gauge("ratesync_concurrent")
+            .with_description("Concurrency slots this process holds")
+            .with_callback(move |o| {
+                for (name, m) in reg.metrics() {
+                    o.observe(m.current_concurrent, &labels(&name));
+                }
+            })
+            .build();
+        let reg = self.clone();
+        meter
+            .u64_observable_gauge("ratesync_max_concurrent")
+            .with_description("The configured concurrency cap")
+            .with_callback(move |o| {
+                for (name, l) in reg.limiters() {
+                    if let Some(c) = l.spec().concurrency {
+                        o.observe(u64::from(c.max), &labels(&name));
+                    }
+                }
+            })
+            .build();
+        let reg = self.clone();
+        meter
+            .f64_observable_gauge("ratesync_max_wait_ms")
+            .with_description("Longest wait of a granted permit, ms")
+            .with_callback(move |o| {
+                for (name, m) in reg.metrics() {
+                    o.observe(m.max_wait_time_ms, &labels(&name));
+                }
+            })
+            .build();
+        let reg = self.clone();
+        meter
+            .f64_observable_gauge("ratesync_avg_wait_ms")
+            .with_description("Mean wait of granted permits, ms")
+            .with_callback(move |o| {
+                for (name, m) in reg.metrics() {
+                    o.observe(m.avg_wait_time_ms, &labels(&name));
+                }
+            })
+            .build();
+        let histogram = meter
+            .f64_histogram("ratesync_wait_ms")
+            .with_description("Waits of granted permits, ms")
+            .with_boundaries(WAIT_BUCKETS_MS.to_vec())
+            .build();
+        self.watch_limiters(Arc::new(move |name, metrics| {
+            let (histogram, attrs) = (histogram.clone(), labels(name));
+            metrics.observe_waits(move |ms| histogram.record(ms, &attrs));
+        }));
+    }
+}
+
+/// Errors of the Prometheus exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The exporter could not be built.
+    #[error("cannot build the Prometheus exporter: {0}")]
+    Exporter(String),
+    /// The address could not be bound.
+    #[error("cannot serve /metrics on {addr}: {source}; is the port taken?")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A registry's metrics in Prometheus text format, through OpenTelemetry.
+#[derive(Clone)]
+pub struct PrometheusExporter {
+    prometheus: prometheus::Registry,
+    _provider: SdkMeterProvider,
+}
+
+impl std::fmt::Debug for PrometheusExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrometheusExporter")
+    }
+}
+
+impl PrometheusExporter {
+    /// Builds a meter provider with the Prometheus exporter and installs the
+    /// registry's instruments on it.
+    pub fn new(registry: &Registry) -> Result<Self, TelemetryError> {
+        let prometheus = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(prometheus.clone())
+            .without_units()
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        registry.install_telemetry(&provider.meter("ratesync"));
+        Ok(Self {
+            prometheus,
+            _provider: provider,
+        })
+    }
+
+    /// The current metrics in Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let families = self.prometheus.gather();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Serves `GET /metrics` on `addr` until the returned handle is dropped
+    /// or aborted. Other paths answer 404.
+    pub async fn serve(&self, addr: SocketAddr) -> Result<MetricsServer, TelemetryError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| TelemetryError::Bind { addr, source })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        let exporter = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off rather
+                        // than spin, and try again.
+                        tracing::warn!(error = %e, "metrics endpoint cannot accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let exporter = exporter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<_>| {
+                        let exporter = exporter.clone();
+                        async move {
+                            let (status, body) = if req.uri().path() == "/metrics" {
+                                (StatusCode::OK, exporter.encode())
+                            } else {
+                                (
+                                    StatusCode::NOT_FOUND,
+                                    "not found; try /metrics\n".to_string(),
+                                )
+                            };
+                            Response::builder()
+                                .status(status)
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(body)))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "metrics connection ended");
+                    }
+                });
+            }
+        });
+        Ok(MetricsServer { addr: local, task })
+    }
+}
+
+/// A running `/metrics` server; stops when dropped.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

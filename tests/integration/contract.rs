@@ -1,0 +1,287 @@
+//! The engine contract: the same checks of the `Engine` trait's semantics, run against every engine.
+//!
+//! These run on real time against real services, so they compare the waits
+//! an engine *returns* (computed on its clock), never how long a call took.
+
+use ratesync::config::{ConcurrencySpec, RateSpec};
+use ratesync::engine::{
+    BatchReservation, Ctx, Engine, HolderId, LeaseOutcome, RateState, Reservation,
+};
+use ratesync::gcra::Gcra;
+use ratesync::metrics::Metrics;
+use ratesync::window::SlidingWindow;
+use ratesync::StateKey;
+use std::time::Duration;
+
+/// How far two waits computed at slightly different moments may differ.
+const SLACK: Duration = Duration::from_millis(150);
+
+fn near(actual: Duration, expected: Duration) -> bool {
+    actual + SLACK >= expected && actual <= expected + SLACK
+}
+
+fn bucket(rate: f64, burst: u32) -> RateSpec {
+    RateSpec::TokenBucket(Gcra::new(rate, burst).expect("valid bucket"))
+}
+
+async fn reserve(
+    e: &dyn Engine,
+    key: &StateKey,
+    rate: &RateSpec,
+    max_wait: Duration,
+) -> Reservation {
+    let metrics = Metrics::new();
+    e.reserve(
+        Ctx {
+            key,
+            metrics: &metrics,
+        },
+        rate,
+        max_wait,
+    )
+    .await
+    .expect("engine answers")
+}
+
+fn granted(r: Reservation) -> Duration {
+    match r {
+        Reservation::Granted { wait, .. } => wait,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// Runs every check on `engine`, with keys under `scope` so runs never meet.
+pub async fn run_all(name: &str, engine: &dyn Engine, scope: &str) {
+    reservations_wait_and_refuse(engine, scope).await;
+    if engine.atomic_batches() {
+        batches_charge_every_key_when_the_caller_proceeds(engine, scope).await;
+    } else {
+        let key = StateKey::new(scope).child("no-batch");
+        let metrics = Metrics::new();
+        let items = [(
+            Ctx {
+                key: &key,
+                metrics: &metrics,
+            },
+            bucket(1.0, 1),
+        )];
+        assert!(
+            e_batch_refused(engine.reserve_all(&items, Duration::ZERO).await),
+            "{name}: an engine without atomic batches must refuse reserve_all"
+        );
+    }
+    windows_are_exact(engine, scope).await;
+    leases_cap_renew_release_and_expire(engine, scope).await;
+    println!("{name}: engine contract holds");
+}
+
+fn e_batch_refused<T>(r: Result<T, ratesync::BackendError>) -> bool {
+    r.is_err()
+}
+
+async fn reservations_wait_and_refuse(e: &dyn Engine, scope: &str) {
+    let key = StateKey::new(scope).child("reserve");
+    let rate = bucket(2.0, 2); // one token every 500 ms, two at once
+    assert_eq!(
+        granted(reserve(e, &key, &rate, Duration::ZERO).await),
+        Duration::ZERO
+    );
+    assert_eq!(
+        granted(reserve(e, &key, &rate, Duration::ZERO).await),
+        Duration::ZERO
+    );
+    // Empty: a caller that will not wait is refused and nothing is reserved.
+    match reserve(e, &key, &rate, Duration::ZERO).await {
+        Reservation::Denied { retry_after } => {
+            assert!(
+                near(retry_after, Duration::from_millis(500)),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("an empty bucket granted {other:?}"),
+    }
+    // One that will wait gets the next slot, and the one after it the next.
+    let w1 = granted(reserve(e, &key, &rate, Duration::from_secs(5)).await);
+    let w2 = granted(reserve(e, &key, &rate, Duration::from_secs(5)).await);
+    assert!(near(w1, Duration::from_millis(500)), "{w1:?}");
+    assert!(near(w2, Duration::from_millis(1000)), "{w2:?}");
+    // A slot beyond the bound is refused without being taken.
+    match reserve(e, &key, &rate, Duration::from_millis(100)).await {
+        Reservation::Denied { retry_after } => {
+            assert!(
+                near(retry_after, Duration::from_millis(1500)),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let metrics = Metrics::new();
+    match e
+        .rate_state(
+            Ctx {
+                key: &key,
+                metrics: &metrics,
+            },
+            &rate,
+        )
+        .await
+        .expect("state")
+    {
+        RateState::TokenBucket {
+            remaining,
+            burst,
+            retry_after,
+            reset_after,
+        } => {
+            assert_eq!((remaining, burst), (0, 2));
+            assert!(
+                near(retry_after, Duration::from_millis(1500)),
+                "{retry_after:?}"
+            );
+            assert!(
+                near(reset_after, Duration::from_millis(2000)),
+                "{reset_after:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `reserve_all` charges every key at the slot the caller proceeds at (the
+/// latest of them), not at each key's own earliest: otherwise a key reserved
+/// early but used late admits its next caller too soon.
+async fn batches_charge_every_key_when_the_caller_proceeds(e: &dyn Engine, scope: &str) {
+    let fresh = StateKey::new(scope).child("batch-fresh");
+    let busy = StateKey::new(scope).child("batch-busy");
+    let rate = bucket(1.0, 1);
+    granted(reserve(e, &busy, &rate, Duration::ZERO).await); // busy's next slot: +1 s
+    let metrics = Metrics::new();
+    let items = [
+        (
+            Ctx {
+                key: &fresh,
+                metrics: &metrics,
+            },
+            rate,
+        ),
+        (
+            Ctx {
+                key: &busy,
+                metrics: &metrics,
+            },
+            rate,
+        ),
+    ];
+    match e
+        .reserve_all(&items, Duration::from_secs(5))
+        .await
+        .expect("engine answers")
+    {
+        BatchReservation::Granted { wait } => {
+            assert!(near(wait, Duration::from_secs(1)), "{wait:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // `fresh` was used at +1 s, so its next slot is +2 s.
+    let next = granted(reserve(e, &fresh, &rate, Duration::from_secs(5)).await);
+    assert!(
+        near(next, Duration::from_secs(2)),
+        "fresh's next slot after {next:?}"
+    );
+    // A refusal names the item and takes from none.
+    let other = StateKey::new(scope).child("batch-other");
+    let items = [
+        (
+            Ctx {
+                key: &other,
+                metrics: &metrics,
+            },
+            rate,
+        ),
+        (
+            Ctx {
+                key: &busy,
+                metrics: &metrics,
+            },
+            rate,
+        ),
+    ];
+    match e
+        .reserve_all(&items, Duration::ZERO)
+        .await
+        .expect("engine answers")
+    {
+        BatchReservation::Denied { index, .. } => assert_eq!(index, 1),
+        g => panic!("{g:?}"),
+    }
+    assert_eq!(
+        granted(reserve(e, &other, &rate, Duration::ZERO).await),
+        Duration::ZERO
+    );
+}
+
+async fn windows_are_exact(e: &dyn Engine, scope: &str) {
+    let key = StateKey::new(scope).child("window");
+    let rate = RateSpec::SlidingWindow(SlidingWindow::new(3, 2_000_000_000).expect("valid window"));
+    for _ in 0..3 {
+        assert_eq!(
+            granted(reserve(e, &key, &rate, Duration::ZERO).await),
+            Duration::ZERO
+        );
+    }
+    // The fourth fits once the first has left the window: 2 s after it.
+    match reserve(e, &key, &rate, Duration::ZERO).await {
+        Reservation::Denied { retry_after } => {
+            assert!(near(retry_after, Duration::from_secs(2)), "{retry_after:?}")
+        }
+        other => panic!("a full window granted {other:?}"),
+    }
+    let w = granted(reserve(e, &key, &rate, Duration::from_secs(5)).await);
+    assert!(near(w, Duration::from_secs(2)), "{w:?}");
+}
+
+async fn leases_cap_renew_release_and_expire(e: &dyn Engine, scope: &str) {
+    let key = StateKey::new(scope).child("lease");
+    let metrics = Metrics::new();
+    let ctx = || Ctx {
+        key: &key,
+        metrics: &metrics,
+    };
+    let spec = ConcurrencySpec {
+        max: 2,
+        lease: Duration::from_millis(600),
+    };
+    let (a, b, c) = (HolderId::new(), HolderId::new(), HolderId::new());
+    assert!(matches!(
+        e.acquire_lease(ctx(), &a, &spec).await.unwrap(),
+        LeaseOutcome::Acquired { holders: 1 }
+    ));
+    assert!(matches!(
+        e.acquire_lease(ctx(), &b, &spec).await.unwrap(),
+        LeaseOutcome::Acquired { holders: 2 }
+    ));
+    match e.acquire_lease(ctx(), &c, &spec).await.unwrap() {
+        LeaseOutcome::Full { retry_after } => assert!(retry_after <= spec.lease, "{retry_after:?}"),
+        other => panic!("a third holder of 2 slots: {other:?}"),
+    }
+    let st = e.lease_state(ctx(), &spec).await.unwrap();
+    assert_eq!((st.holders, st.max), (2, 2));
+    // Release frees a slot at once; releasing twice is harmless.
+    assert!(e.release_lease(ctx(), &b,).await.unwrap());
+    assert!(!e.release_lease(ctx(), &b).await.unwrap());
+    assert!(matches!(
+        e.acquire_lease(ctx(), &c, &spec).await.unwrap(),
+        LeaseOutcome::Acquired { holders: 2 }
+    ));
+    // `a` renews, `c` does not: after the lease only `a` is left.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(e.renew_lease(ctx(), &a, spec.lease).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(e.lease_state(ctx(), &spec).await.unwrap().holders, 1);
+    assert!(
+        !e.renew_lease(ctx(), &c, spec.lease).await.unwrap(),
+        "an expired lease was renewed"
+    );
+    assert!(e.release_lease(ctx(), &a).await.unwrap());
+    assert_eq!(e.lease_state(ctx(), &spec).await.unwrap().holders, 0);
+}

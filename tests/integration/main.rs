@@ -1,0 +1,21 @@
+//! Integration suite: every engine against its real service, with several OS processes.
+//!
+//! Each scenario starts `ratesync worker` processes that share one limiter,
+//! merges the grants they record and checks the invariants of DESIGN.md §3.
+//! A scenario whose service is unreachable is skipped with a loud message,
+//! or fails under `RATESYNC_REQUIRE_SERVICES=1` (as in CI).
+
+mod bench;
+mod contract;
+mod cross_host;
+mod hosts;
+mod memory;
+mod scenarios;
+mod support;
+
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;

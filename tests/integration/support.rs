@@ -1,0 +1,342 @@
+//! Shared helpers of the integration suite: service checks, worker processes, and the invariant checker.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The scenarios start several processes that each want the CPU; running two
+/// at once would starve both and make utilisation figures meaningless, and the
+/// restart scenarios stop a service the others use. One at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the suite-wide lock (recovering it if an earlier scenario panicked).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `RATESYNC_REQUIRE_SERVICES=1` turns a missing service into a failure.
+pub fn services_required() -> bool {
+    std::env::var("RATESYNC_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// `host:port` of a URL such as `redis://user:pw@host:port/0`.
+fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest.split(['/', '?']).next().unwrap_or(rest);
+    if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{default_port}")
+    }
+}
+
+/// True when something listens at the URL's address; otherwise skips loudly,
+/// or panics under `RATESYNC_REQUIRE_SERVICES=1`.
+pub fn service_up(service: &str, url: &str, default_port: u16) -> bool {
+    let addr = host_port(url, default_port);
+    let up = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if up {
+        return true;
+    }
+    let msg = format!(
+        "{service} is not reachable at {addr} ({url}); start it (README: Running the integration tests)"
+    );
+    if services_required() {
+        panic!("{msg}; RATESYNC_REQUIRE_SERVICES=1 makes this a failure");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+    false
+}
+
+/// A prefix no other run or scenario shares, so state never leaks between them.
+pub fn unique_prefix(scenario: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "it-{}-{}-{}-{}",
+        std::process::id(),
+        scenario,
+        N.fetch_add(1, Ordering::Relaxed),
+        now_us() % 1_000_000_000
+    )
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A scratch directory for one scenario's config and grant files.
+pub fn scratch(scenario: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_prefix(scenario));
+    std::fs::create_dir_all(&dir).expect("create scratch directory");
+    dir
+}
+
+/// Writes `toml` as `config.toml` in `dir` and returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// The `ratesync` binary cargo built for this test run.
+pub fn ratesync_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ratesync")
+}
+
+/// One `ratesync worker` process and the file it writes its grants to.
+pub struct Worker {
+    pub child: Child,
+    pub out: PathBuf,
+}
+
+/// Options of one worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerOpts {
+    pub limiter: String,
+    pub tasks: usize,
+    pub duration: f64,
+    pub mode: &'static str,
+    pub hold_ms: f64,
+    pub key: Option<String>,
+    pub counter: Option<PathBuf>,
+    pub timeout: Option<f64>,
+    /// A command that runs the worker on another "host" (`ip netns exec NS`).
+    pub prefix: Vec<String>,
+}
+
+impl WorkerOpts {
+    pub fn new(limiter: &str, tasks: usize, duration: f64) -> Self {
+        Self {
+            limiter: limiter.to_string(),
+            tasks,
+            duration,
+            mode: "acquire",
+            hold_ms: 0.0,
+            key: None,
+            counter: None,
+            timeout: None,
+            prefix: Vec::new(),
+        }
+    }
+}
+
+/// Starts `n` workers on `config` that begin together at `start_at_ms`.
+pub fn spawn_workers(
+    config: &Path,
+    dir: &Path,
+    n: usize,
+    opts: &WorkerOpts,
+    start_at_ms: u64,
+) -> Vec<Worker> {
+    (0..n)
+        .map(|i| {
+            let out = dir.join(format!("grants-{i}-{}.jsonl", now_us()));
+            let mut cmd = match opts.prefix.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(ratesync_bin());
+                    c
+                }
+                None => Command::new(ratesync_bin()),
+            };
+            cmd.arg("--config")
+                .arg(config)
+                .arg("worker")
+                .arg(&opts.limiter)
+                .args(["--tasks", &opts.tasks.to_string()])
+                .args(["--duration", &opts.duration.to_string()])
+                .args(["--mode", opts.mode])
+                .args(["--hold-ms", &opts.hold_ms.to_string()])
+                .args(["--start-at-ms", &start_at_ms.to_string()])
+                .arg("--out")
+                .arg(&out)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if let Some(k) = &opts.key {
+                cmd.args(["--key", k]);
+            }
+            if let Some(c) = &opts.counter {
+                cmd.arg("--counter").arg(c);
+            }
+            if let Some(t) = opts.timeout {
+                cmd.args(["--timeout", &t.to_string()]);
+            }
+            let child = cmd.spawn().expect("spawn ratesync worker");
+            Worker { child, out }
+        })
+        .collect()
+}
+
+/// The unix time (ms) a little ahead, so every worker has connected first.
+pub fn start_soon() -> u64 {
+    now_us() / 1000 + 1500
+}
+
+/// One line of a worker's output.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant {
+    pub worker: u64,
+    pub slot_us: u64,
+    pub held_from_us: u64,
+    pub held_to_us: u64,
+    pub holders: i64,
+}
+
+fn field(line: &str, name: &str) -> Option<i64> {
+    let at = line.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let rest = &line[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+/// Waits for every worker, asserts each exited cleanly, and merges their grants.
+pub fn collect(workers: Vec<Worker>) -> (Vec<Grant>, Vec<String>) {
+    collect_from(workers, false)
+}
+
+/// Like [`collect`], but a worker killed on purpose (no output) is skipped.
+pub fn collect_survivors(workers: Vec<Worker>) -> (Vec<Grant>, Vec<String>) {
+    collect_from(workers, true)
+}
+
+fn collect_from(workers: Vec<Worker>, allow_killed: bool) -> (Vec<Grant>, Vec<String>) {
+    let mut grants = Vec::new();
+    let mut summaries = Vec::new();
+    for mut w in workers {
+        let stderr = w.child.stderr.take().expect("piped stderr");
+        let lines: Vec<String> = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        let status = w.child.wait().expect("wait for worker");
+        if allow_killed && std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
+            continue;
+        }
+        assert!(
+            status.success(),
+            "worker exited with {status}; its stderr:\n{}",
+            lines.join("\n")
+        );
+        summaries.extend(lines);
+        let file = std::fs::File::open(&w.out).expect("worker output");
+        for line in BufReader::new(file).lines() {
+            let line = line.expect("read worker output");
+            let get = |n| field(&line, n).unwrap_or_else(|| panic!("no `{n}` in {line}"));
+            grants.push(Grant {
+                worker: get("worker") as u64,
+                slot_us: get("slot_us") as u64,
+                held_from_us: get("held_from_us") as u64,
+                held_to_us: get("held_to_us") as u64,
+                holders: get("holders"),
+            });
+        }
+    }
+    (grants, summaries)
+}
+
+/// The token-bucket verdict over merged grants.
+#[derive(Debug)]
+pub struct BucketReport {
+    pub grants: usize,
+    /// The largest `count - rate*t` over all intervals (must be <= burst).
+    pub max_over: f64,
+    /// The slots' admitted rate after the initial burst: (grants - burst) / span.
+    pub admitted_rate: f64,
+    /// Grants / (burst + rate * run length).
+    pub utilisation: f64,
+}
+
+/// Checks `count <= burst + rate*t` for every interval of the slots.
+pub fn check_bucket(grants: &[Grant], rate: f64, burst: u32, run_s: f64) -> BucketReport {
+    let slots = sorted_slots(grants);
+    let n = slots.len();
+    let span_s = match (slots.first(), slots.last()) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1e6,
+        _ => 0.0,
+    };
+    BucketReport {
+        grants: n,
+        max_over: ratesync::audit::max_excess(&slots, rate),
+        admitted_rate: if span_s > 0.0 {
+            (n as f64 - f64::from(burst)) / span_s
+        } else {
+            0.0
+        },
+        utilisation: n as f64 / (f64::from(burst) + rate * run_s),
+    }
+}
+
+fn sorted_slots(grants: &[Grant]) -> Vec<u64> {
+    let mut slots: Vec<u64> = grants.iter().map(|g| g.slot_us).collect();
+    slots.sort_unstable();
+    slots
+}
+
+/// The most grants any window of `window_us` holds, where a window is
+/// `(s - window, s]` ending at a grant.
+pub fn max_in_window(grants: &[Grant], window_us: u64) -> usize {
+    ratesync::audit::max_in_window(&sorted_slots(grants), window_us)
+}
+
+/// The most holding intervals (local clock, one host) that overlap at once.
+pub fn max_overlap(grants: &[Grant]) -> usize {
+    ratesync::audit::max_overlap(grants.iter().map(|g| (g.held_from_us, g.held_to_us)))
+}
+
+/// Slots of `limiter` held in the store, read through a fresh registry built
+/// from the configuration `toml` (what a checker on another machine sees).
+pub fn holders_in_store(toml: &str, limiter: &str) -> u32 {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        let reg = ratesync::Registry::from_toml_str(toml)
+            .await
+            .expect("the store answers");
+        let state = reg
+            .limiter(limiter)
+            .expect("limiter")
+            .state()
+            .await
+            .expect("state");
+        state.concurrency.expect("a concurrency limit").holders
+    })
+}
+
+/// Runs a shell command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{cmd}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
