@@ -87,6 +87,10 @@ pub struct StoreConfig {
     /// Seconds a backend request may take before it counts as failed (default 2).
     #[serde(default)]
     pub response_timeout: Option<f64>,
+    /// Seconds the first connection and its set-up (schema, bucket, clock
+    /// probe) may take before loading the store fails (default 10).
+    #[serde(default)]
+    pub connect_timeout: Option<f64>,
     /// Postgres: connections in the pool (default 8).
     #[serde(default)]
     pub pool_size: Option<u32>,
@@ -134,6 +138,16 @@ impl StoreConfig {
             .unwrap_or(Duration::from_secs(2))
     }
 
+    /// The bound on connecting at start-up. Longer than a request's bound:
+    /// a server that has just started (or a busy CI host) can take seconds
+    /// to finish a TLS handshake or create a JetStream bucket, and failing
+    /// the whole registry for that helps nobody.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+            .and_then(positive_duration)
+            .unwrap_or(Duration::from_secs(10))
+    }
+
     /// Postgres: connections in the pool.
     pub fn pool_size(&self) -> usize {
         self.pool_size.map_or(8, |n| n.max(1) as usize)
@@ -177,6 +191,7 @@ impl StoreConfig {
             url: None,
             key_prefix: None,
             response_timeout: None,
+            connect_timeout: None,
             pool_size: None,
             schema: None,
             sweep_seconds: None,
@@ -575,12 +590,17 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             ));
         }
     }
-    if let Some(t) = store.response_timeout {
-        if positive_duration(t).is_none() {
-            return Err(err(
-                "response_timeout",
-                format!("must be a positive number of seconds, got {t}"),
-            ));
+    for (key, value) in [
+        ("response_timeout", store.response_timeout),
+        ("connect_timeout", store.connect_timeout),
+    ] {
+        if let Some(t) = value {
+            if positive_duration(t).is_none() {
+                return Err(err(
+                    key,
+                    format!("must be a positive number of seconds, got {t}"),
+                ));
+            }
         }
     }
     use EngineKind::{Nats, Postgres};

@@ -247,6 +247,10 @@ fn redis_store_settings() {
         err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nresponse_timeout = 0"),
         "test.toml: stores.r.response_timeout: must be a positive number of seconds, got 0"
     );
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nconnect_timeout = -1"),
+        "test.toml: stores.r.connect_timeout: must be a positive number of seconds, got -1"
+    );
     let ok = parse_env(
         "[stores.r]\nengine = \"redis\"\nurl = \"${URL}\"\nkey_prefix = \"app:prod\"\nresponse_timeout = 0.5\n[limiters.a]\nstore = \"r\"\nrate_per_second = 1",
         &[("URL", "rediss://default:pw@cache.example:6380/1")],
@@ -255,6 +259,7 @@ fn redis_store_settings() {
     let store = &ok.stores["r"];
     assert_eq!(store.prefix(), "app:prod");
     assert_eq!(store.response_timeout(), Duration::from_millis(500));
+    assert_eq!(store.connect_timeout(), Duration::from_secs(10));
 }
 
 /// A store that cannot be reached is named in the error, with the password hidden.

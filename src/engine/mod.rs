@@ -273,6 +273,26 @@ pub trait Engine: Send + Sync + Debug + 'static {
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError>;
 }
 
+/// Runs one backend request of `engine` within `limit` (the store's
+/// `response_timeout`), or fails naming that setting so the user knows what
+/// to raise.
+#[cfg(any(feature = "postgres", feature = "nats"))]
+pub(crate) async fn within<T>(
+    engine: &'static str,
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(BackendError::new(
+            engine,
+            format!(
+                "no answer within {:.1} s (response_timeout)",
+                limit.as_secs_f64()
+            ),
+        ))
+    })
+}
+
 /// A background task that ends with the engine that spawned it.
 #[cfg(any(feature = "postgres", feature = "nats"))]
 pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);

@@ -20,7 +20,7 @@
 //! `sweep_seconds`, so no table grows without bound.
 
 use super::stripes::KeyStripes;
-use super::{from_us, max_wait_arg, script_args, us};
+use super::{from_us, max_wait_arg, script_args, us, within};
 use super::{
     redact_url, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId,
     LeaseOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
@@ -33,7 +33,6 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -117,8 +116,11 @@ impl std::fmt::Debug for PostgresEngine {
     }
 }
 
+/// Names this engine in errors.
+const ENGINE: &str = "postgres";
+
 fn backend(e: impl std::fmt::Display) -> BackendError {
-    BackendError::new("postgres", e.to_string())
+    BackendError::new(ENGINE, e.to_string())
 }
 
 /// An error with its causes (tokio-postgres keeps the useful part, such as
@@ -203,7 +205,7 @@ impl PostgresEngine {
         let mut pg_config: tokio_postgres::Config =
             url.parse().map_err(|e| connect_err(format!("{e}")))?;
         if pg_config.get_connect_timeout().is_none() {
-            pg_config.connect_timeout(timeout);
+            pg_config.connect_timeout(config.connect_timeout());
         }
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("ratesync");
@@ -219,7 +221,10 @@ impl PostgresEngine {
         let pool = Pool::builder(manager)
             .max_size(config.pool_size())
             .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
+            // Decisions are bounded by `response_timeout` as a whole (`one`);
+            // this bound lets the first connection and the migration take
+            // longer on a server that has just started.
+            .create_timeout(Some(config.connect_timeout()))
             .recycle_timeout(Some(timeout))
             .runtime(Runtime::Tokio1)
             .build()
@@ -254,7 +259,7 @@ impl PostgresEngine {
     /// Runs one prepared statement and returns its single row, all within
     /// `response_timeout` (pool wait included).
     async fn one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, BackendError> {
-        within(self.timeout, async {
+        within(ENGINE, self.timeout, async {
             let client = self.pool.get().await.map_err(backend)?;
             let stmt = client.prepare_cached(sql).await.map_err(backend)?;
             client.query_one(&stmt, params).await.map_err(backend)
@@ -276,7 +281,10 @@ impl PostgresEngine {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, BackendError> {
-        let _turns = within(self.timeout, async { Ok(self.stripes.turn(keys).await) }).await?;
+        let _turns = within(ENGINE, self.timeout, async {
+            Ok(self.stripes.turn(keys).await)
+        })
+        .await?;
         self.one(sql, params).await
     }
 
@@ -306,18 +314,6 @@ impl PostgresEngine {
         let mut rx = listener.listening.clone();
         let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| *s)).await;
     }
-}
-
-async fn within<T>(
-    limit: Duration,
-    f: impl Future<Output = Result<T, BackendError>>,
-) -> Result<T, BackendError> {
-    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
-        Err(backend(format!(
-            "no answer within {:.1} s (response_timeout)",
-            limit.as_secs_f64()
-        )))
-    })
 }
 
 /// Applies the migrations not yet recorded in `<schema>.schema_version`, in

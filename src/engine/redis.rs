@@ -146,7 +146,7 @@ impl RedisEngine {
         let timeout = config.response_timeout();
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
+            .set_connection_timeout(Some(config.connect_timeout()))
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)

@@ -159,67 +159,132 @@ fn ten_processes_migrate_at_once() {
     assert_eq!(versions, "1");
 }
 
-/// Idle rows go: 2,000 keys used once and leases never released are all
-/// deleted by the sweep once they hold nothing.
+/// Rows of this test's keys in the rate and lease tables.
+fn rows_of(prefix: &str) -> (u64, u64) {
+    let count = |table: &str| {
+        psql(&format!(
+            "SELECT count(*) FROM {SCHEMA}.{table} WHERE key LIKE '{prefix}:%'"
+        ))
+        .parse::<u64>()
+        .unwrap()
+    };
+    (count("rate"), count("lease"))
+}
+
+/// Connects a Postgres store of its own (so the test can call `sweep`) and
+/// a registry whose limiters `api` (token bucket, idle after 10 ms) and
+/// `win` (sliding window of 0.2 s) use it.
+async fn sweep_fixture(
+    prefix: &str,
+    sweep_seconds: f64,
+) -> (
+    Registry,
+    std::sync::Arc<ratesync::engine::postgres::PostgresEngine>,
+) {
+    use ratesync::LimiterConfig;
+    let config = ratesync::config::Config::from_toml_str(&format!(
+        "{}sweep_seconds = {sweep_seconds}\n",
+        store(prefix)
+    ))
+    .unwrap();
+    let engine = std::sync::Arc::new(
+        ratesync::engine::postgres::PostgresEngine::connect("s", &config.stores["s"])
+            .await
+            .unwrap(),
+    );
+    let reg = Registry::new();
+    reg.add_store("s", engine.clone());
+    reg.register("api", LimiterConfig::token_bucket(100.0, 1).with_store("s"))
+        .unwrap();
+    reg.register(
+        "win",
+        LimiterConfig::sliding_window(1, Duration::from_millis(200)).with_store("s"),
+    )
+    .unwrap();
+    (reg, engine)
+}
+
+/// Takes a lease on `pool/<name>` through the engine and never renews or
+/// releases it, as a holder that vanished would.
+async fn abandoned_lease(reg: &Registry, name: &str, lease: Duration) {
+    let spec = ratesync::config::ConcurrencySpec { max: 1, lease };
+    let metrics = ratesync::metrics::Metrics::new();
+    let key = ratesync::StateKey::new("pool").child(name);
+    let ctx = ratesync::engine::Ctx {
+        key: &key,
+        metrics: &metrics,
+    };
+    let engine = reg.store("s").unwrap();
+    let holder = ratesync::engine::HolderId::new();
+    engine.acquire_lease(ctx, &holder, &spec).await.unwrap();
+}
+
+/// Idle rows go and live ones stay: 2,000 keys used once and 50 leases
+/// whose holders vanished are all deleted by one sweep once they hold
+/// nothing, while a lease still running survives it. The background sweep
+/// is set to an hour so the counts before the sweep cannot race it.
 #[test]
-fn idle_rows_are_swept() {
+fn a_sweep_deletes_idle_rows_and_keeps_live_ones() {
     require_postgres!();
     let _serial = serial();
     let prefix = unique_prefix("sweep");
-    let toml = format!(
-        "{}sweep_seconds = 0.5\n[limiters.api]\nstore = \"s\"\nrate_per_second = 100\nburst = 1\n\
-         [limiters.win]\nstore = \"s\"\nalgorithm = \"sliding_window\"\nlimit = 1\nwindow_seconds = 0.2\n",
-        store(&prefix)
-    );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let count = || {
-        let rate = psql(&format!(
-            "SELECT count(*) FROM {SCHEMA}.rate WHERE key LIKE '{prefix}:%'"
-        ));
-        let lease = psql(&format!(
-            "SELECT count(*) FROM {SCHEMA}.lease WHERE key LIKE '{prefix}:%'"
-        ));
-        (rate.parse::<u64>().unwrap(), lease.parse::<u64>().unwrap())
-    };
     rt.block_on(async {
-        let reg = Registry::from_toml_str(&toml).await.unwrap();
+        let (reg, engine) = sweep_fixture(&prefix, 3600.0).await;
         let (api, win) = (reg.limiter("api").unwrap(), reg.limiter("win").unwrap());
         for i in 0..1000 {
-            assert!(api
-                .key(format!("u{i}"))
-                .try_acquire()
-                .await
-                .unwrap()
-                .is_some());
-            assert!(win
-                .key(format!("u{i}"))
-                .try_acquire()
-                .await
-                .unwrap()
-                .is_some());
+            assert!(api.key(format!("u{i}")).try_acquire().await.unwrap().is_some());
+            assert!(win.key(format!("u{i}")).try_acquire().await.unwrap().is_some());
         }
-        // Leases whose holders vanished: taken through the engine, never renewed or released.
-        let engine = reg.store("s").unwrap();
-        let spec = ratesync::config::ConcurrencySpec {
-            max: 1,
-            lease: Duration::from_millis(300),
-        };
-        let metrics = ratesync::metrics::Metrics::new();
         for i in 0..50 {
-            let key = ratesync::StateKey::new("pool").child(&format!("h{i}"));
-            let ctx = ratesync::engine::Ctx {
-                key: &key,
-                metrics: &metrics,
-            };
-            let holder = ratesync::engine::HolderId::new();
-            engine.acquire_lease(ctx, &holder, &spec).await.unwrap();
+            abandoned_lease(&reg, &format!("h{i}"), Duration::from_millis(300)).await;
         }
-        let before = count();
-        assert_eq!(before, (2000, 50));
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let after = count();
-        println!("postgres sweep: rows before {before:?}, 2.5 s later {after:?} (rate, lease)");
-        assert_eq!(after, (0, 0), "idle rows were left behind");
+        abandoned_lease(&reg, "live", Duration::from_secs(3600)).await;
+        let before = rows_of(&prefix);
+        assert_eq!(before, (2000, 51));
+        // Past every state's end (10 ms of refill, a 0.2 s window, 0.3 s
+        // leases) and the 1 s of grace rate rows keep after it.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let deleted = engine.sweep().await.unwrap();
+        let after = rows_of(&prefix);
+        println!(
+            "postgres sweep: rows before {before:?}, one sweep deleted {deleted}, left {after:?} (rate, lease)"
+        );
+        assert_eq!(after, (0, 1), "idle rows were left behind, or a live lease was deleted");
+        assert!(deleted >= 2050, "the sweep reported {deleted} deletions");
+        psql(&format!("DELETE FROM {SCHEMA}.lease WHERE key LIKE '{prefix}:%'"));
+    });
+}
+
+/// The background sweep runs by itself every `sweep_seconds`.
+#[test]
+fn idle_rows_are_swept_in_the_background() {
+    require_postgres!();
+    let _serial = serial();
+    let prefix = unique_prefix("bgsweep");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (reg, _engine) = sweep_fixture(&prefix, 0.2).await;
+        let api = reg.limiter("api").unwrap();
+        for i in 0..100 {
+            assert!(api.key(format!("u{i}")).try_acquire().await.unwrap().is_some());
+        }
+        for i in 0..10 {
+            abandoned_lease(&reg, &format!("h{i}"), Duration::from_millis(300)).await;
+        }
+        let started = std::time::Instant::now();
+        while rows_of(&prefix) != (0, 0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the background sweep left {:?} (rate, lease) rows after 20 s",
+                rows_of(&prefix)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "postgres background sweep: every idle row gone {:.1} s after the last write (sweep_seconds = 0.2)",
+            started.elapsed().as_secs_f64()
+        );
     });
 }
 

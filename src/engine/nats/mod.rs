@@ -37,7 +37,7 @@ pub mod state;
 
 use super::stripes::KeyStripes;
 use super::{
-    redact_url, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId,
+    redact_url, within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId,
     LeaseOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
 };
 use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
@@ -50,11 +50,13 @@ use futures_util::StreamExt;
 use rand::Rng;
 use state::State;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Names this engine in errors.
+const ENGINE: &str = "nats";
 
 /// How often the server clock is probed again (see [`clock`]).
 const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -112,23 +114,11 @@ impl std::fmt::Debug for NatsEngine {
 }
 
 fn backend(e: impl std::fmt::Display) -> BackendError {
-    BackendError::new("nats", e.to_string())
+    BackendError::new(ENGINE, e.to_string())
 }
 
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-async fn within<T>(
-    limit: Duration,
-    f: impl Future<Output = Result<T, BackendError>>,
-) -> Result<T, BackendError> {
-    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
-        Err(backend(format!(
-            "no answer within {:.1} s (response_timeout)",
-            limit.as_secs_f64()
-        )))
-    })
 }
 
 fn created_ns(entry: &kv::Entry) -> i64 {
@@ -155,14 +145,18 @@ impl NatsEngine {
             message,
         };
         let timeout = config.response_timeout();
+        let setup = config.connect_timeout();
         let mut options = async_nats::ConnectOptions::new()
             .name("ratesync")
             // Retry soon after an outage: the default backoff grows to seconds.
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((50u64 << attempts.min(4)).min(500))
             })
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout));
+            .connection_timeout(setup)
+            // Decisions are bounded by `response_timeout` where they are
+            // made (`within`); this bound is for set-up, such as creating the
+            // bucket on a server that has just started.
+            .request_timeout(Some(setup));
         if let Some(path) = &config.credentials_file {
             options = options
                 .credentials_file(path)
@@ -192,16 +186,23 @@ impl NatsEngine {
             HolderId::new().as_str().replace('.', "/")
         );
         for _ in 0..3 {
-            within(timeout, probe(&kv, &probe_key, &clock))
-                .await
-                .map_err(|e| connect_err(format!("probing the server clock: {e}")))?;
+            match tokio::time::timeout(setup, probe(&kv, &probe_key, &clock)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(connect_err(format!("probing the server clock: {e}"))),
+                Err(_) => {
+                    return Err(connect_err(format!(
+                        "probing the server clock: no answer within {:.1} s (connect_timeout)",
+                        setup.as_secs_f64()
+                    )))
+                }
+            }
         }
         let prober = {
             let (kv, clock) = (kv.clone(), clock.clone());
             AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(PROBE_EVERY).await;
-                    if let Err(e) = within(timeout, probe(&kv, &probe_key, &clock)).await {
+                    if let Err(e) = within(ENGINE, timeout, probe(&kv, &probe_key, &clock)).await {
                         tracing::debug!(error = %e, "nats clock probe failed; keeping the last estimate");
                     }
                 }
@@ -252,7 +253,7 @@ impl NatsEngine {
 
     /// The key's revision (0: absent), state and server stamp, read fresh.
     async fn read(&self, key: &str) -> Result<(u64, State, Option<u64>), BackendError> {
-        let entry = within(self.timeout, async {
+        let entry = within(ENGINE, self.timeout, async {
             self.kv.entry(key).await.map_err(backend)
         })
         .await?;
@@ -301,7 +302,10 @@ impl NatsEngine {
         key: &str,
         mut decide: impl FnMut(State, u64) -> Step<T>,
     ) -> Result<T, BackendError> {
-        let _turn = within(self.timeout, async { Ok(self.stripes.turn(&[key]).await) }).await?;
+        let _turn = within(ENGINE, self.timeout, async {
+            Ok(self.stripes.turn(&[key]).await)
+        })
+        .await?;
         let mut known = self.cached(key);
         let mut conflicts = 0u32;
         let result = loop {
@@ -322,7 +326,7 @@ impl NatsEngine {
                 Step::Write(new, out) => {
                     self.stats.attempts.fetch_add(1, Ordering::Relaxed);
                     let bytes = new.encode();
-                    let sent = within(self.timeout, async {
+                    let sent = within(ENGINE, self.timeout, async {
                         Ok(self.kv.update(key, bytes.into(), revision).await)
                     })
                     .await;
@@ -341,7 +345,7 @@ impl NatsEngine {
                             conflicts += 1;
                             if conflicts >= self.max_retries {
                                 break Err(BackendError {
-                                    engine: "nats",
+                                    engine: ENGINE,
                                     message: format!(
                                         "{conflicts} compare-and-set conflicts in a row on key {key}; raise max_cas_retries or spread the load over more keys"
                                     ),
