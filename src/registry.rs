@@ -126,6 +126,7 @@ impl Registry {
     }
 
     /// Calls `watch` for every limiter now and for each one added later.
+    #[cfg(feature = "prometheus")]
     pub(crate) fn watch_limiters(&self, watch: LimiterWatcher) {
         self.inner
             .watchers
@@ -144,6 +145,7 @@ impl Registry {
     }
 
     /// Every limiter, by name.
+    #[cfg(feature = "prometheus")]
     pub(crate) fn limiters(&self) -> BTreeMap<String, Limiter> {
         self.inner
             .limiters

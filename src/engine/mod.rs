@@ -132,17 +132,20 @@ pub enum RateState {
 }
 
 /// A duration in whole microseconds, as scripts and SQL functions take it.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Microseconds from a script or SQL function (negative reads as zero).
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn from_us(v: i64) -> Duration {
     Duration::from_micros(u64::try_from(v).unwrap_or(0))
 }
 
 /// `max_wait` as the scripts and SQL functions take it: microseconds, -1 for
 /// unbounded (anything past a century).
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn max_wait_arg(d: Duration) -> i64 {
     if d >= Duration::from_secs(100 * 365 * 86_400) {
         -1

@@ -584,6 +584,10 @@ fn accuracy(
 }
 
 /// The engine's reference on a key of its own beside the limiter's.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "nats")),
+    allow(unused_variables)
+)]
 async fn reference(
     config: &Config,
     limiter: &str,
