@@ -69,6 +69,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// What an engine's `connect` fails with: `message` about store `store`
+    /// at `url` (already redacted).
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+    pub(crate) fn connect(store: &str, url: &str) -> impl Fn(String) -> Error {
+        let (store, url) = (store.to_string(), url.to_string());
+        move |message| Error::Connect {
+            store: store.clone(),
+            url: url.clone(),
+            message,
+        }
+    }
+
     /// True for [`Error::Timeout`]: the limit, not a fault, refused the request.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })

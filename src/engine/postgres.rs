@@ -196,11 +196,7 @@ impl PostgresEngine {
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
         let url = config.url.clone().unwrap_or_default();
         let redacted = redact_url(&url);
-        let connect_err = |message: String| Error::Connect {
-            store: name.to_string(),
-            url: redacted.clone(),
-            message,
-        };
+        let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
         let mut pg_config: tokio_postgres::Config =
             url.parse().map_err(|e| connect_err(format!("{e}")))?;
@@ -210,7 +206,7 @@ impl PostgresEngine {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("ratesync");
         }
-        let tls = tls_for(&pg_config, config.tls_ca_file.as_deref()).map_err(connect_err)?;
+        let tls = tls_for(&pg_config, config.tls_ca_file.as_deref()).map_err(&connect_err)?;
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };

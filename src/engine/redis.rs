@@ -132,11 +132,7 @@ impl RedisEngine {
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
         let url = config.url.clone().unwrap_or_default();
         let redacted = redact_url(&url);
-        let connect_err = |message: String| Error::Connect {
-            store: name.to_string(),
-            url: redacted.clone(),
-            message,
-        };
+        let connect_err = Error::connect(name, &redacted);
         if url.starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; another part of
             // the program may have installed one already, which is fine.

@@ -139,11 +139,7 @@ impl NatsEngine {
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
         let url = config.url.clone().unwrap_or_default();
         let redacted = redact_url(&url);
-        let connect_err = |message: String| Error::Connect {
-            store: name.to_string(),
-            url: redacted.clone(),
-            message,
-        };
+        let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
         let setup = config.connect_timeout();
         let mut options = async_nats::ConnectOptions::new()
@@ -173,7 +169,7 @@ impl NatsEngine {
         let js = jetstream::new(client);
         let kv = open_bucket(&js, config.bucket(), config.max_age())
             .await
-            .map_err(connect_err)?;
+            .map_err(&connect_err)?;
         let clock = Arc::new(ServerClock::new(
             config
                 .clock_offset_ms
