@@ -397,17 +397,42 @@ async fn snapshots_are_written_whole() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("metrics.json");
     let task = reg.export_snapshots(&path, Duration::from_millis(20));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Several writes replace the file while it is read: each read must see a
+    // whole snapshot, never a half-written one.
+    let started = std::time::Instant::now();
+    let mut whole_reads = 0;
+    while whole_reads < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no snapshot written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // not written yet
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["limiters"]["api"]["total_acquisitions"], 1);
+        assert!(v["taken_at"].as_f64().unwrap() > 1.6e9);
+        whole_reads += 1;
+    }
     task.abort();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["limiters"]["api"]["total_acquisitions"], 1);
-    assert!(v["taken_at"].as_f64().unwrap() > 1.6e9);
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty());
+    let _ = task.await;
+    // A write already handed to the blocking pool finishes after the abort;
+    // once it has, no temporary file may remain.
+    let tmp_files = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .count()
+    };
+    let stopped = std::time::Instant::now();
+    while tmp_files() > 0 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(2),
+            "a temporary file was left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
