@@ -100,8 +100,9 @@ pub struct StoreConfig {
     /// Postgres: seconds between sweeps of idle rows (default 30).
     #[serde(default)]
     pub sweep_seconds: Option<f64>,
-    /// Postgres with `sslmode=require`, NATS with `tls://`: a PEM file of CA
-    /// certificates to trust (a private CA, a self-signed server).
+    /// Postgres with `sslmode=require`, NATS with `tls://`, Redis with
+    /// `rediss://`: a PEM file of CA certificates to trust (a private CA, a
+    /// self-signed server).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
     /// NATS: the JetStream key-value bucket (default `ratesync`), created at
@@ -603,7 +604,7 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             }
         }
     }
-    use EngineKind::{Nats, Postgres};
+    use EngineKind::{Nats, Postgres, Redis};
     let engine_specific: [(&str, bool, &[EngineKind]); 8] = [
         ("pool_size", store.pool_size.is_some(), &[Postgres]),
         ("schema", store.schema.is_some(), &[Postgres]),
@@ -611,7 +612,7 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
         (
             "tls_ca_file",
             store.tls_ca_file.is_some(),
-            &[Postgres, Nats],
+            &[Postgres, Nats, Redis],
         ),
         ("bucket", store.bucket.is_some(), &[Nats]),
         ("max_cas_retries", store.max_cas_retries.is_some(), &[Nats]),
@@ -723,6 +724,13 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
                     ),
                 ))
             }
+            Some(u) if store.tls_ca_file.is_some() && !u.starts_with("rediss://") => Err(err(
+                "tls_ca_file",
+                format!(
+                    "is for TLS connections, and this url is not one: use rediss://, got {:?}",
+                    crate::engine::redact_url(u)
+                ),
+            )),
             Some(_) => Ok(()),
         },
         EngineKind::Nats if cfg!(feature = "nats") => match store.url.as_deref() {

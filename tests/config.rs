@@ -248,6 +248,10 @@ fn redis_store_settings() {
         "test.toml: stores.r.response_timeout: must be a positive number of seconds, got 0"
     );
     assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"redis://:pw@x\"\ntls_ca_file = \"ca.pem\""),
+        "test.toml: stores.r.tls_ca_file: is for TLS connections, and this url is not one: use rediss://, got \"redis://***@x\""
+    );
+    assert_eq!(
         err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nconnect_timeout = -1"),
         "test.toml: stores.r.connect_timeout: must be a positive number of seconds, got -1"
     );
@@ -348,7 +352,7 @@ fn nats_store_settings() {
     );
     assert_eq!(
         err("[stores.m]\nengine = \"memory\"\ntls_ca_file = \"ca.pem\""),
-        "test.toml: stores.m.tls_ca_file: applies only to engine `postgres` or `nats`, this store's engine is `memory`; remove it"
+        "test.toml: stores.m.tls_ca_file: applies only to engine `postgres` or `nats` or `redis`, this store's engine is `memory`; remove it"
     );
     // A bucket of 1 token per hour and burst 48 matters for 48 h after a
     // change: a store that forgets keys after a day would admit a new burst.

@@ -123,6 +123,16 @@ impl std::fmt::Debug for RedisEngine {
     }
 }
 
+/// A failed TLS handshake says what to set (ripgrep-style: the next step).
+fn with_tls_hint(mut text: String) -> String {
+    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        text.push_str(
+            " (set tls_ca_file to the PEM of the CA that signed the server's certificate)",
+        );
+    }
+    text
+}
+
 fn backend(e: redis::RedisError) -> BackendError {
     BackendError::new("redis", e.to_string())
 }
@@ -138,7 +148,22 @@ impl RedisEngine {
             // the program may have installed one already, which is fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(url.as_str()).map_err(|e| connect_err(e.to_string()))?;
+        let client = match &config.tls_ca_file {
+            // The given CA replaces the web PKI roots: a private Redis is
+            // signed by its own CA, and trusting public CAs besides would
+            // let any of them vouch for it.
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| connect_err(format!("tls_ca_file {path}: {e}")))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url.as_str(), certs)
+                    .map_err(|e| connect_err(format!("tls_ca_file {path}: {e}")))?
+            }
+            None => redis::Client::open(url.as_str()).map_err(|e| connect_err(e.to_string()))?,
+        };
         let timeout = config.response_timeout();
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
@@ -147,7 +172,7 @@ impl RedisEngine {
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(with_tls_hint(e.to_string())))?;
         Ok(Self {
             conn,
             client,

@@ -288,3 +288,85 @@ fn bench_with_a_baseline_on_redis() {
         r["decisions_per_second"].as_f64().unwrap() / b["ops_per_second"].as_f64().unwrap();
     assert!((ratio - expect).abs() < 1e-9 * expect.max(1.0));
 }
+
+/// Kills the TLS Redis of [`tls_verifies_the_server_certificate`] however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `rediss://` store trusts the CA of `tls_ca_file`, and without it the
+/// self-signed server is refused with a message naming that setting. Runs
+/// its own TLS-only redis-server with Debian's self-signed `localhost`
+/// certificate on a free port.
+#[test]
+fn tls_verifies_the_server_certificate() {
+    let (cert, key) = (
+        "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        "/etc/ssl/private/ssl-cert-snakeoil.key",
+    );
+    if !have("redis-server") || std::fs::read(cert).is_err() || std::fs::read(key).is_err() {
+        eprintln!("\n!!!!!!!! SKIPPED: the Redis TLS test needs redis-server and a readable {cert} and {key} (Debian's ssl-cert) !!!!!!!!\n");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = KillOnDrop(
+        std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", cert, "--tls-key-file", key])
+            .args(["--tls-auth-clients", "no", "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-server starts"),
+    );
+    let t0 = std::time::Instant::now();
+    while !port_open(port) {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = server.0.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("the TLS redis-server exited ({status}): {err}");
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "TLS redis-server never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let toml = |ca: &str| {
+        format!(
+            "[stores.s]\nengine = \"redis\"\nurl = \"rediss://localhost:{port}\"\nkey_prefix = \"{}\"\n{ca}\n\
+             [limiters.api]\nstore = \"s\"\nrate_per_second = 100\n",
+            unique_prefix("tls")
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let reg = Registry::from_toml_str(&toml(&format!("tls_ca_file = \"{cert}\"")))
+            .await
+            .expect("TLS with the server's CA");
+        let api = reg.limiter("api").unwrap();
+        assert!(api.try_acquire().await.unwrap().is_some());
+        let refused = Registry::from_toml_str(&toml(""))
+            .await
+            .expect_err("a self-signed server must not be trusted without tls_ca_file")
+            .to_string();
+        assert!(refused.contains("set tls_ca_file"), "{refused}");
+        let wrong = Registry::from_toml_str(&toml("tls_ca_file = \"/nonexistent/ca.pem\""))
+            .await
+            .expect_err("a missing CA file")
+            .to_string();
+        assert!(wrong.contains("tls_ca_file /nonexistent/ca.pem"), "{wrong}");
+        println!("redis TLS: verified connection with tls_ca_file; without it: {refused}");
+    });
+}
