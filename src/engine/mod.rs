@@ -22,6 +22,8 @@ mod signal;
 mod stripes;
 
 pub use holder::HolderId;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+pub(crate) use signal::ReleaseListener;
 pub use signal::{ReleaseHub, ReleaseSignal};
 
 use crate::config::{ConcurrencySpec, RateSpec};
@@ -297,10 +299,10 @@ pub(crate) async fn within<T>(
 }
 
 /// A background task that ends with the engine that spawned it.
-#[cfg(any(feature = "postgres", feature = "nats"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
-#[cfg(any(feature = "postgres", feature = "nats"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

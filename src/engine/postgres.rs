@@ -23,7 +23,7 @@ use super::stripes::KeyStripes;
 use super::{from_us, max_wait_arg, script_args, us, within};
 use super::{
     redact_url, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId,
-    LeaseOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
+    LeaseOutcome, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
 use crate::error::{BackendError, Error};
@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::config::SslMode;
@@ -57,7 +57,7 @@ pub struct PostgresEngine {
     timeout: Duration,
     sql: Statements,
     releases: Arc<ReleaseHub>,
-    listener: OnceLock<Listener>,
+    listener: ReleaseListener,
     stripes: KeyStripes,
     _sweeper: AbortOnDrop,
 }
@@ -98,12 +98,6 @@ impl Statements {
 enum Tls {
     None,
     Rustls(tokio_postgres_rustls::MakeRustlsConnect),
-}
-
-/// The LISTEN task, and whether it currently listens.
-struct Listener {
-    _task: AbortOnDrop,
-    listening: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for PostgresEngine {
@@ -241,7 +235,7 @@ impl PostgresEngine {
             timeout,
             sql,
             releases: Arc::new(ReleaseHub::new()),
-            listener: OnceLock::new(),
+            listener: ReleaseListener::default(),
             stripes: KeyStripes::new(),
             _sweeper: sweeper,
         })
@@ -290,25 +284,19 @@ impl PostgresEngine {
         sweep_all(&self.pool, &self.sql.sweep).await
     }
 
-    /// Starts the LISTEN connection on first use and waits (briefly) until it
-    /// listens, so the first waiter does not miss an early release.
+    /// Starts the LISTEN connection on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
-        let listener = self.listener.get_or_init(|| {
-            let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(listen(
-                self.pg_config.clone(),
-                self.tls.clone(),
-                format!("{}_released", self.schema),
-                Arc::downgrade(&self.releases),
-                tx,
-            ));
-            Listener {
-                _task: AbortOnDrop(task),
-                listening: rx,
-            }
-        });
-        let mut rx = listener.listening.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| *s)).await;
+        self.listener
+            .ensure(|listening| {
+                listen(
+                    self.pg_config.clone(),
+                    self.tls.clone(),
+                    format!("{}_released", self.schema),
+                    Arc::downgrade(&self.releases),
+                    listening,
+                )
+            })
+            .await;
     }
 }
 

@@ -25,7 +25,7 @@
 use super::{from_us, max_wait_arg, script_args, us};
 use super::{
     redact_url, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState,
-    ReleaseHub, ReleaseSignal, Reservation,
+    ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
 use crate::error::{BackendError, Error};
@@ -36,10 +36,9 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 const LIB: &str = include_str!("../../engines/redis/lib.lua");
 
@@ -99,19 +98,7 @@ pub struct RedisEngine {
     url: String,
     scripts: Scripts,
     releases: Arc<ReleaseHub>,
-    listener: OnceLock<Listener>,
-}
-
-/// The pattern subscription task; aborted with the engine.
-struct Listener {
-    task: JoinHandle<()>,
-    subscribed: watch::Receiver<bool>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    listener: ReleaseListener,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -180,7 +167,7 @@ impl RedisEngine {
             url: redacted,
             scripts: Scripts::new(),
             releases: Arc::new(ReleaseHub::new()),
-            listener: OnceLock::new(),
+            listener: ReleaseListener::default(),
         })
     }
 
@@ -196,24 +183,18 @@ impl RedisEngine {
         format!("{}:released:", self.prefix)
     }
 
-    /// Starts the pattern subscription on first use and waits (briefly) until
-    /// it is active, so the first waiter does not miss an early release.
+    /// Starts the pattern subscription on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
-        let listener = self.listener.get_or_init(|| {
-            let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(listen(
-                self.client.clone(),
-                self.channel_prefix(),
-                Arc::downgrade(&self.releases),
-                tx,
-            ));
-            Listener {
-                task,
-                subscribed: rx,
-            }
-        });
-        let mut rx = listener.subscribed.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| *s)).await;
+        self.listener
+            .ensure(|subscribed| {
+                listen(
+                    self.client.clone(),
+                    self.channel_prefix(),
+                    Arc::downgrade(&self.releases),
+                    subscribed,
+                )
+            })
+            .await;
     }
 }
 

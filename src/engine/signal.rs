@@ -90,3 +90,34 @@ impl ReleaseHub {
         self.len() == 0
     }
 }
+
+/// The background task that feeds a backend's release notices (Redis
+/// pub/sub, Postgres LISTEN, a NATS KV watch) into a [`ReleaseHub`].
+///
+/// It starts on the first wait rather than at connect: most limiters never
+/// wait for a slot, and each listener holds a connection of its own.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+#[derive(Default)]
+pub(crate) struct ReleaseListener {
+    started: std::sync::OnceLock<(super::AbortOnDrop, watch::Receiver<bool>)>,
+}
+
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+impl ReleaseListener {
+    /// Spawns `listen(ready)` the first time (the task sends `true` on
+    /// `ready` whenever it listens, `false` when it lost its connection),
+    /// then waits at most a second until it listens, so the first waiter
+    /// does not miss an early release.
+    pub(crate) async fn ensure<F>(&self, listen: impl FnOnce(watch::Sender<bool>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (_, ready) = self.started.get_or_init(|| {
+            let (tx, rx) = watch::channel(false);
+            (super::AbortOnDrop(tokio::spawn(listen(tx))), rx)
+        });
+        let mut ready = ready.clone();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), ready.wait_for(|s| *s)).await;
+    }
+}

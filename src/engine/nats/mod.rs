@@ -38,7 +38,7 @@ pub mod state;
 use super::stripes::KeyStripes;
 use super::{
     redact_url, within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId,
-    LeaseOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
+    LeaseOutcome, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
 use crate::error::{BackendError, Error};
@@ -51,7 +51,7 @@ use rand::Rng;
 use state::State;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -95,13 +95,8 @@ pub struct NatsEngine {
     cache: Mutex<HashMap<String, (u64, State)>>,
     stats: CasStats,
     releases: Arc<ReleaseHub>,
-    listener: OnceLock<Listener>,
+    listener: ReleaseListener,
     _prober: AbortOnDrop,
-}
-
-struct Listener {
-    _task: AbortOnDrop,
-    watching: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for NatsEngine {
@@ -220,7 +215,7 @@ impl NatsEngine {
             cache: Mutex::new(HashMap::new()),
             stats: CasStats::default(),
             releases: Arc::new(ReleaseHub::new()),
-            listener: OnceLock::new(),
+            listener: ReleaseListener::default(),
             _prober: prober,
         })
     }
@@ -368,24 +363,18 @@ impl NatsEngine {
         result
     }
 
-    /// Starts the KV watch on first use and waits (briefly) until it runs, so
-    /// the first waiter does not miss an early release.
+    /// Starts the KV watch on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
-        let listener = self.listener.get_or_init(|| {
-            let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(listen(
-                self.kv.clone(),
-                format!("{}.c.>", self.prefix),
-                Arc::downgrade(&self.releases),
-                tx,
-            ));
-            Listener {
-                _task: AbortOnDrop(task),
-                watching: rx,
-            }
-        });
-        let mut rx = listener.watching.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| *s)).await;
+        self.listener
+            .ensure(|watching| {
+                listen(
+                    self.kv.clone(),
+                    format!("{}.c.>", self.prefix),
+                    Arc::downgrade(&self.releases),
+                    watching,
+                )
+            })
+            .await;
     }
 }
 
