@@ -156,6 +156,43 @@ pub(crate) fn max_wait_arg(d: Duration) -> i64 {
     }
 }
 
+impl Reservation {
+    /// Decodes what the reserve script and SQL function answer: whether a
+    /// slot was reserved, microseconds until it (or, refused, until the
+    /// earliest one), and the slot's start in Unix microseconds.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn from_wire(granted: bool, wait_us: i64, slot_unix_us: i64) -> Self {
+        if granted {
+            Reservation::Granted {
+                wait: from_us(wait_us),
+                slot_unix_us: u64::try_from(slot_unix_us).ok(),
+            }
+        } else {
+            Reservation::Denied {
+                retry_after: from_us(wait_us),
+            }
+        }
+    }
+}
+
+impl BatchReservation {
+    /// Decodes what the batch script and SQL function answer: whether every
+    /// key reserved, microseconds to wait, and the 1-based item that refused.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn from_wire(granted: bool, wait_us: i64, refused: i64) -> Self {
+        if granted {
+            BatchReservation::Granted {
+                wait: from_us(wait_us),
+            }
+        } else {
+            BatchReservation::Denied {
+                index: usize::try_from(refused - 1).unwrap_or(0),
+                retry_after: from_us(wait_us),
+            }
+        }
+    }
+}
+
 impl RateState {
     /// A token bucket's state at `now_ns`, given its theoretical arrival time
     /// (`None`: the key has no state, the bucket is full).

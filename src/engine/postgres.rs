@@ -479,17 +479,7 @@ impl Engine for PostgresEngine {
                 &[&key, &kind, &p1, &p2, &max_wait_arg(max_wait)],
             )
             .await?;
-        let (granted, wait, slot): (bool, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        Ok(if granted {
-            Reservation::Granted {
-                wait: from_us(wait),
-                slot_unix_us: u64::try_from(slot).ok(),
-            }
-        } else {
-            Reservation::Denied {
-                retry_after: from_us(wait),
-            }
-        })
+        Ok(Reservation::from_wire(row.get(0), row.get(1), row.get(2)))
     }
 
     async fn reserve_all(
@@ -521,17 +511,12 @@ impl Engine for PostgresEngine {
                 &[&keys, &kinds, &p1s, &p2s, &max_wait_arg(max_wait)],
             )
             .await?;
-        let (granted, wait, refused): (bool, i64, i32) = (row.get(0), row.get(1), row.get(2));
-        Ok(if granted {
-            BatchReservation::Granted {
-                wait: from_us(wait),
-            }
-        } else {
-            BatchReservation::Denied {
-                index: usize::try_from(refused - 1).unwrap_or(0),
-                retry_after: from_us(wait),
-            }
-        })
+        let refused: i32 = row.get(2);
+        Ok(BatchReservation::from_wire(
+            row.get(0),
+            row.get(1),
+            i64::from(refused),
+        ))
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {

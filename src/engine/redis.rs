@@ -252,7 +252,7 @@ impl Engine for RedisEngine {
     ) -> Result<Reservation, BackendError> {
         let (kind, p1, p2) = script_args(rate);
         let mut conn = self.conn.clone();
-        let r: (i64, i64, i64) = self
+        let (granted, wait, slot): (i64, i64, i64) = self
             .scripts
             .reserve
             .key(self.rate_key(&ctx))
@@ -263,15 +263,7 @@ impl Engine for RedisEngine {
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
-        Ok(match r {
-            (1, wait, slot) => Reservation::Granted {
-                wait: from_us(wait),
-                slot_unix_us: u64::try_from(slot).ok(),
-            },
-            (_, retry, _) => Reservation::Denied {
-                retry_after: from_us(retry),
-            },
-        })
+        Ok(Reservation::from_wire(granted == 1, wait, slot))
     }
 
     async fn reserve_all(
@@ -286,16 +278,9 @@ impl Engine for RedisEngine {
             inv.key(self.rate_key(ctx)).arg(kind).arg(p1).arg(p2);
         }
         let mut conn = self.conn.clone();
-        let r: (i64, i64, i64) = inv.invoke_async(&mut conn).await.map_err(backend)?;
-        Ok(match r {
-            (1, wait, _) => BatchReservation::Granted {
-                wait: from_us(wait),
-            },
-            (_, retry, index) => BatchReservation::Denied {
-                index: usize::try_from(index - 1).unwrap_or(0),
-                retry_after: from_us(retry),
-            },
-        })
+        let (granted, wait, refused): (i64, i64, i64) =
+            inv.invoke_async(&mut conn).await.map_err(backend)?;
+        Ok(BatchReservation::from_wire(granted == 1, wait, refused))
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
