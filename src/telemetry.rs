@@ -87,11 +87,12 @@ impl Registry {
     /// `MeterProvider` you configured, with any exporter). Limiters added
     /// later are covered too.
     pub fn install_telemetry(&self, meter: &Meter) {
-        macro_rules! counter {
-            ($name:literal, $desc:literal, $field:ident) => {{
+        // One instrument per metrics field, read at each collection.
+        macro_rules! observed {
+            ($instrument:ident, $name:literal, $desc:literal, $field:ident) => {{
                 let reg = self.clone();
                 meter
-                    .u64_observable_counter($name)
+                    .$instrument($name)
                     .with_description($desc)
                     .with_callback(move |o| {
                         for (name, m) in reg.metrics() {
@@ -101,46 +102,48 @@ impl Registry {
                     .build();
             }};
         }
-        counter!(
+        observed!(
+            u64_observable_counter,
             "ratesync_acquisitions",
             "Permits granted",
             total_acquisitions
         );
-        counter!(
+        observed!(
+            u64_observable_counter,
             "ratesync_timeouts",
             "Refused try_acquire calls and timed-out acquire calls",
             timeouts
         );
-        counter!(
+        observed!(
+            u64_observable_counter,
             "ratesync_cas_failures",
             "Compare-and-set conflicts met by the engine",
             cas_failures
         );
-        counter!(
+        observed!(
+            u64_observable_counter,
             "ratesync_backend_errors",
             "Store failures, whatever the failure mode did",
             backend_errors
         );
-        counter!(
+        observed!(
+            u64_observable_counter,
             "ratesync_releases",
             "Concurrency slots given back",
             total_releases
         );
-        counter!(
+        observed!(
+            u64_observable_counter,
             "ratesync_max_concurrent_reached",
             "Acquires that found every concurrency slot taken",
             max_concurrent_reached
         );
-        let reg = self.clone();
-        meter
-            .i64_observable_gauge("ratesync_concurrent")
-            .with_description("Concurrency slots this process holds")
-            .with_callback(move |o| {
-                for (name, m) in reg.metrics() {
-                    o.observe(m.current_concurrent, &labels(&name));
-                }
-            })
-            .build();
+        observed!(
+            i64_observable_gauge,
+            "ratesync_concurrent",
+            "Concurrency slots this process holds",
+            current_concurrent
+        );
         let reg = self.clone();
         meter
             .u64_observable_gauge("ratesync_max_concurrent")
@@ -153,26 +156,18 @@ impl Registry {
                 }
             })
             .build();
-        let reg = self.clone();
-        meter
-            .f64_observable_gauge("ratesync_max_wait_ms")
-            .with_description("Longest wait of a granted permit, ms")
-            .with_callback(move |o| {
-                for (name, m) in reg.metrics() {
-                    o.observe(m.max_wait_time_ms, &labels(&name));
-                }
-            })
-            .build();
-        let reg = self.clone();
-        meter
-            .f64_observable_gauge("ratesync_avg_wait_ms")
-            .with_description("Mean wait of granted permits, ms")
-            .with_callback(move |o| {
-                for (name, m) in reg.metrics() {
-                    o.observe(m.avg_wait_time_ms, &labels(&name));
-                }
-            })
-            .build();
+        observed!(
+            f64_observable_gauge,
+            "ratesync_max_wait_ms",
+            "Longest wait of a granted permit, ms",
+            max_wait_time_ms
+        );
+        observed!(
+            f64_observable_gauge,
+            "ratesync_avg_wait_ms",
+            "Mean wait of granted permits, ms",
+            avg_wait_time_ms
+        );
         let histogram = meter
             .f64_histogram("ratesync_wait_ms")
             .with_description("Waits of granted permits, ms")
