@@ -156,22 +156,13 @@ async fn batches_charge_every_key_when_the_caller_proceeds(e: &dyn Engine, scope
     let rate = bucket(1.0, 1);
     granted(reserve(e, &busy, &rate, Duration::ZERO).await); // busy's next slot: +1 s
     let metrics = Metrics::new();
-    let items = [
-        (
-            Ctx {
-                key: &fresh,
-                metrics: &metrics,
-            },
-            rate,
-        ),
-        (
-            Ctx {
-                key: &busy,
-                metrics: &metrics,
-            },
-            rate,
-        ),
-    ];
+    let items = [&fresh, &busy].map(|key| {
+        let ctx = Ctx {
+            key,
+            metrics: &metrics,
+        };
+        (ctx, rate)
+    });
     match e
         .reserve_all(&items, Duration::from_secs(5))
         .await
@@ -190,22 +181,13 @@ async fn batches_charge_every_key_when_the_caller_proceeds(e: &dyn Engine, scope
     );
     // A refusal names the item and takes from none.
     let other = StateKey::new(scope).child("batch-other");
-    let items = [
-        (
-            Ctx {
-                key: &other,
-                metrics: &metrics,
-            },
-            rate,
-        ),
-        (
-            Ctx {
-                key: &busy,
-                metrics: &metrics,
-            },
-            rate,
-        ),
-    ];
+    let items = [&other, &busy].map(|key| {
+        let ctx = Ctx {
+            key,
+            metrics: &metrics,
+        };
+        (ctx, rate)
+    });
     match e
         .reserve_all(&items, Duration::ZERO)
         .await

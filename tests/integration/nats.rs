@@ -122,17 +122,10 @@ fn odd_keys_work_and_stay_distinct() {
 
 #[test]
 fn nats_engine_keeps_the_contract_on_both_servers() {
-    for (label, url) in [("nats 2.9", nats_url()), ("nats current", current_url())] {
+    for (target, url) in [(&NATS, nats_url()), (&NATS_CURRENT, current_url())] {
         require!(url);
         let _serial = serial();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let reg = Registry::from_toml_str(&store_at(&url, &unique_prefix("contract")))
-                .await
-                .unwrap();
-            let engine = reg.store("s").expect("the nats store");
-            crate::contract::run_all(label, &*engine, "contract").await;
-        });
+        scenarios::contract(target);
     }
 }
 

@@ -333,14 +333,7 @@ fn postgres_restart_mid_run_follows_the_failure_mode_and_recovers() {
 fn postgres_engine_keeps_the_contract() {
     require_postgres!();
     let _serial = serial();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let reg = Registry::from_toml_str(&store(&unique_prefix("contract")))
-            .await
-            .unwrap();
-        let engine = reg.store("s").expect("the postgres store");
-        crate::contract::run_all("postgres", &*engine, "contract").await;
-    });
+    scenarios::contract(&POSTGRES);
 }
 
 /// `sslmode=require` verifies the server: with the server's CA in

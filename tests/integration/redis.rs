@@ -148,14 +148,7 @@ fn redis_restart_mid_run_follows_the_failure_mode_and_recovers() {
 fn redis_engine_keeps_the_contract() {
     require_redis!();
     let _serial = serial();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let reg = Registry::from_toml_str(&store(&unique_prefix("contract")))
-            .await
-            .unwrap();
-        let engine = reg.store("s").expect("the redis store");
-        crate::contract::run_all("redis", &*engine, "contract").await;
-    });
+    scenarios::contract(&REDIS);
 }
 
 #[test]

@@ -25,6 +25,17 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("tokio runtime")
 }
 
+/// The engine contract (`contract.rs`) on the target's store.
+pub fn contract(t: &Target) {
+    runtime().block_on(async {
+        let reg = Registry::from_toml_str(&(t.store)(&unique_prefix("contract")))
+            .await
+            .unwrap();
+        let engine = reg.store("s").expect("the store under test");
+        crate::contract::run_all(t.label, &*engine, "contract").await;
+    });
+}
+
 /// Runs `procs` workers on limiter `api` and checks the token-bucket bound.
 pub fn bucket_run(
     t: &Target,
