@@ -14,7 +14,7 @@
 mod baseline;
 mod common;
 
-use common::{listing_only, median, try_acquire_rate, ROUNDS};
+use common::{listing_only, median, spread, try_acquire_rate, ROUNDS};
 use ratesync::config::StoreConfig;
 use ratesync::engine::nats::NatsEngine;
 use ratesync::{LimiterConfig, Registry};
@@ -54,11 +54,7 @@ fn main() {
         "keys   tasks  ratesync acq/s  raw get+update/s  ratio   CAS conflicts: ratesync  raw   (medians of {ROUNDS} rounds)"
     );
     for keys in [1usize, 1000] {
-        let lims: Vec<_> = if keys == 1 {
-            vec![api.clone()]
-        } else {
-            (0..keys).map(|i| api.key(format!("k{i}"))).collect()
-        };
+        let lims = spread(&api, keys);
         for tasks in [1usize, 16, 64] {
             let calls = if tasks == 1 { 3_000 } else { 10_000 };
             rt.block_on(try_acquire_rate(&lims, tasks, calls / 10)); // warm-up

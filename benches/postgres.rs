@@ -14,7 +14,7 @@
 mod baseline;
 mod common;
 
-use common::{listing_only, median, try_acquire_rate, ROUNDS};
+use common::{listing_only, median, spread, try_acquire_rate, ROUNDS};
 use ratesync::Registry;
 
 const SCHEMA: &str = "ratesync_bench";
@@ -39,11 +39,7 @@ fn main() {
     let api = reg.limiter("api").expect("limiter");
     println!("keys   callers  ratesync acq/s  pgbench tps  ratio   (medians of {ROUNDS} rounds)");
     for keys in [1usize, 1000] {
-        let lims: Vec<_> = if keys == 1 {
-            vec![api.clone()]
-        } else {
-            (0..keys).map(|i| api.key(format!("k{i}"))).collect()
-        };
+        let lims = spread(&api, keys);
         for callers in [1usize, 16, 64] {
             let calls = if callers == 1 { 5_000 } else { 20_000 };
             rt.block_on(try_acquire_rate(&lims, callers, calls / 10)); // warm-up

@@ -12,6 +12,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The limiters a round runs on: `api` itself for one key, else `keys`
+/// per-key limiters derived from it.
+#[allow(dead_code)] // the Redis bench measures one key only
+pub fn spread(api: &Limiter, keys: usize) -> Vec<Limiter> {
+    if keys == 1 {
+        vec![api.clone()]
+    } else {
+        (0..keys).map(|i| api.key(format!("k{i}"))).collect()
+    }
+}
+
 /// `calls` try_acquire spread over `tasks` tasks, task `i` on limiter
 /// `i % limiters.len()`; acquisitions per second.
 pub async fn try_acquire_rate(limiters: &[Limiter], tasks: usize, calls: usize) -> f64 {
