@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::error::ConfigError;
 use crate::metrics::MetricsSnapshot;
 use crate::registry::Registry;
+use crate::secret::Secret;
 use crate::{LimiterConfig, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -87,10 +88,10 @@ pub struct WebhookConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Where to POST.
-    pub url: Option<String>,
-    /// Extra request headers.
+    pub url: Option<Secret>,
+    /// Extra request headers (their values are secrets: tokens live there).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Seconds a delivery may take (default 5).
     pub timeout_seconds: Option<f64>,
 }
@@ -102,8 +103,8 @@ pub struct SlackConfig {
     /// Off when false (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// The incoming webhook URL.
-    pub webhook_url: Option<String>,
+    /// The incoming webhook URL (its path is the token).
+    pub webhook_url: Option<Secret>,
     /// Seconds a delivery may take (default 5).
     pub timeout_seconds: Option<f64>,
 }
@@ -116,9 +117,9 @@ pub struct PagerDutyConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// The integration's routing key.
-    pub routing_key: Option<String>,
+    pub routing_key: Option<Secret>,
     /// The Events API endpoint (default `https://events.pagerduty.com/v2/enqueue`).
-    pub url: Option<String>,
+    pub url: Option<Secret>,
     /// Seconds a delivery may take (default 5).
     pub timeout_seconds: Option<f64>,
 }
@@ -140,7 +141,7 @@ pub struct EmailConfig {
     /// Login, if the server wants one.
     pub username: Option<String>,
     /// Password for `username`.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// The sender address.
     pub from: Option<String>,
     /// The recipients.
@@ -239,12 +240,12 @@ impl AlertConfig {
         let c = &self.channels;
         let on = |enabled: bool| enabled;
         if let Some(w) = c.webhook.as_ref().filter(|w| on(w.enabled)) {
-            if w.url.as_deref().unwrap_or("").is_empty() {
+            if w.url.as_ref().is_none_or(Secret::is_empty) {
                 return Err(err("channels.webhook.url", "Webhook url not configured"));
             }
         }
         if let Some(s) = c.slack.as_ref().filter(|s| on(s.enabled)) {
-            if s.webhook_url.as_deref().unwrap_or("").is_empty() {
+            if s.webhook_url.as_ref().is_none_or(Secret::is_empty) {
                 return Err(err(
                     "channels.slack.webhook_url",
                     "Slack webhook_url not configured",
@@ -252,7 +253,7 @@ impl AlertConfig {
             }
         }
         if let Some(p) = c.pagerduty.as_ref().filter(|p| on(p.enabled)) {
-            if p.routing_key.as_deref().unwrap_or("").is_empty() {
+            if p.routing_key.as_ref().is_none_or(Secret::is_empty) {
                 return Err(err(
                     "channels.pagerduty.routing_key",
                     "PagerDuty routing_key not configured",

@@ -80,7 +80,7 @@ pub struct StoreConfig {
     /// Where the backend is (not for `memory`). Postgres also takes it as
     /// `dsn`, in URL or `key=value` form.
     #[serde(default, alias = "dsn")]
-    pub url: Option<String>,
+    pub url: Option<crate::secret::Secret>,
     /// Namespace inside the backend (default `ratesync`).
     #[serde(default)]
     pub key_prefix: Option<String>,
@@ -706,7 +706,7 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             }
             Ok(())
         }
-        EngineKind::Redis if cfg!(feature = "redis") => match store.url.as_deref() {
+        EngineKind::Redis if cfg!(feature = "redis") => match store.url.as_ref().map(|u| u.expose()) {
             None => Err(err(
                 "url",
                 "is required for engine `redis`, e.g. url = \"redis://127.0.0.1:6379/0\"".into(),
@@ -733,7 +733,7 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             )),
             Some(_) => Ok(()),
         },
-        EngineKind::Nats if cfg!(feature = "nats") => match store.url.as_deref() {
+        EngineKind::Nats if cfg!(feature = "nats") => match store.url.as_ref().map(|u| u.expose()) {
             None => Err(err(
                 "url",
                 "is required for engine `nats`, e.g. url = \"nats://127.0.0.1:4222\"".into(),
@@ -753,7 +753,7 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             }
             Some(_) => Ok(()),
         },
-        EngineKind::Postgres if cfg!(feature = "postgres") => match store.url.as_deref() {
+        EngineKind::Postgres if cfg!(feature = "postgres") => match store.url.as_ref().map(|u| u.expose()) {
             None => Err(err(
                 "url",
                 "is required for engine `postgres`, e.g. url = \"postgres://user@127.0.0.1:5432/app\" (or dsn = \"host=... dbname=...\")".into(),

@@ -63,6 +63,7 @@ mod limiter;
 pub mod metrics;
 mod queue;
 mod registry;
+pub mod secret;
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
 pub mod testing;

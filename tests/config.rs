@@ -410,7 +410,68 @@ fn alert_channels_name_what_is_missing() {
             .channels
             .pagerduty
             .and_then(|p| p.routing_key)
-            .as_deref(),
+            .as_ref()
+            .map(ratesync::secret::Secret::expose),
         Some("abc")
     );
+}
+
+/// No secret of a configuration shows in its `Debug`, nor in the `Debug` of
+/// the alert loop built from it.
+#[tokio::test]
+async fn no_secret_in_debug_output() {
+    let text = r#"
+[stores.pg]
+engine = "postgres"
+dsn = "host=127.0.0.1 user=app password='correct horse' dbname=test"
+[stores.r]
+engine = "redis"
+url = "redis://app:hunter2@127.0.0.1:1/0"
+[limiters.api]
+store = "r"
+rate_per_second = 1.0
+[alerts]
+[alerts.channels.webhook]
+url = "https://hooks.example/path/T0KEN-IN-PATH?token=T0KEN-IN-QUERY"
+headers = { Authorization = "Bearer HEADER-T0KEN" }
+[alerts.channels.slack]
+webhook_url = "https://hooks.slack.com/services/T0/B0/SLACK-T0KEN"
+[alerts.channels.pagerduty]
+routing_key = "R0UTING-KEY"
+[alerts.channels.email]
+smtp_host = "127.0.0.1"
+username = "ops"
+password = "SMTP-PASSW0RD"
+from = "a@example.com"
+to = ["b@example.com"]
+"#;
+    let secrets = [
+        "correct horse",
+        "hunter2",
+        "T0KEN-IN-PATH",
+        "T0KEN-IN-QUERY",
+        "HEADER-T0KEN",
+        "SLACK-T0KEN",
+        "R0UTING-KEY",
+        "SMTP-PASSW0RD",
+    ];
+    let config = parse_env(text, &[]).expect("valid");
+    let debug = format!("{config:?}");
+    for s in secrets {
+        assert!(!debug.contains(s), "{s:?} in Debug of Config: {debug}");
+    }
+    let registry = ratesync::Registry::from_config(Config {
+        stores: Default::default(),
+        limiters: Default::default(),
+        ..config.clone()
+    })
+    .await
+    .expect("an empty registry");
+    let alert_loop =
+        ratesync::alert::AlertLoop::new(registry, config.alerts.clone().expect("alerts"))
+            .expect("the loop");
+    let debug = format!("{alert_loop:?}");
+    for s in secrets {
+        assert!(!debug.contains(s), "{s:?} in Debug of AlertLoop: {debug}");
+    }
 }

@@ -278,13 +278,13 @@ to = ["ops@example.com"]
     let reg = Registry::from_config(config.clone()).await.unwrap();
     let failing: Arc<dyn Channel> = Arc::new(WebhookChannel::new(&WebhookConfig {
         enabled: true,
-        url: Some(format!("{base}/fail")),
+        url: Some(format!("{base}/fail").into()),
         headers: BTreeMap::new(),
         timeout_seconds: Some(1.0),
     }));
     let slow: Arc<dyn Channel> = Arc::new(WebhookChannel::new(&WebhookConfig {
         enabled: true,
-        url: Some(format!("{base}/slow")),
+        url: Some(format!("{base}/slow").into()),
         headers: BTreeMap::new(),
         timeout_seconds: Some(0.5),
     }));

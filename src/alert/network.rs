@@ -1,6 +1,7 @@
 //! Alert channels that deliver over the network: generic webhook, Slack, PagerDuty (HTTP) and email (SMTP).
 
 use super::{Alert, AlertState, Channel, EmailConfig, PagerDutyConfig, SlackConfig, WebhookConfig};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -23,18 +24,19 @@ fn client(limit: Duration) -> reqwest::Client {
 
 async fn post(
     client: &reqwest::Client,
-    url: &str,
-    headers: &[(String, String)],
+    url: &Secret,
+    headers: &[(String, Secret)],
     body: &serde_json::Value,
 ) -> Result<(), String> {
-    let mut req = client.post(url).json(body);
+    let mut req = client.post(url.expose()).json(body);
     for (k, v) in headers {
-        req = req.header(k, v);
+        req = req.header(k, v.expose());
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("POST {}: {e}", crate::engine::redact_url(url)))?;
+    // reqwest's errors name the full URL, token and all: drop it, and redact
+    // what is left in case a cause quotes it again.
+    let resp = req.send().await.map_err(|e| {
+        crate::secret::redact(&format!("POST {}: {}", url.redacted(), e.without_url()))
+    })?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
@@ -42,8 +44,8 @@ async fn post(
         let text = resp.text().await.unwrap_or_default();
         Err(format!(
             "POST {} answered {status}: {}",
-            crate::engine::redact_url(url),
-            text.chars().take(200).collect::<String>()
+            url.redacted(),
+            crate::secret::redact(&text.chars().take(200).collect::<String>())
         ))
     }
 }
@@ -51,8 +53,8 @@ async fn post(
 /// The generic webhook: the [`Alert`] as JSON, plus `message`.
 #[derive(Debug)]
 pub struct WebhookChannel {
-    url: String,
-    headers: Vec<(String, String)>,
+    url: Secret,
+    headers: Vec<(String, Secret)>,
     client: reqwest::Client,
 }
 
@@ -83,7 +85,7 @@ impl Channel for WebhookChannel {
 /// A Slack incoming webhook: `text` plus a `blocks` section.
 #[derive(Debug)]
 pub struct SlackChannel {
-    url: String,
+    url: Secret,
     client: reqwest::Client,
 }
 
@@ -128,8 +130,8 @@ impl Channel for SlackChannel {
 /// with one dedup key per (limiter, alert).
 #[derive(Debug)]
 pub struct PagerDutyChannel {
-    url: String,
-    routing_key: String,
+    url: Secret,
+    routing_key: Secret,
     client: reqwest::Client,
 }
 
@@ -140,7 +142,7 @@ impl PagerDutyChannel {
             url: c
                 .url
                 .clone()
-                .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".to_string()),
+                .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into()),
             routing_key: c.routing_key.clone().unwrap_or_default(),
             client: client(timeout(c.timeout_seconds, 5.0)),
         }
@@ -156,7 +158,7 @@ impl Channel for PagerDutyChannel {
     async fn send(&self, a: &Alert) -> Result<(), String> {
         let body = match a.state {
             AlertState::Firing => serde_json::json!({
-                "routing_key": self.routing_key,
+                "routing_key": self.routing_key.expose(),
                 "event_action": "trigger",
                 "dedup_key": a.dedup_key(),
                 "payload": {
@@ -169,7 +171,7 @@ impl Channel for PagerDutyChannel {
                 }
             }),
             AlertState::Resolved => serde_json::json!({
-                "routing_key": self.routing_key,
+                "routing_key": self.routing_key.expose(),
                 "event_action": "resolve",
                 "dedup_key": a.dedup_key(),
             }),
@@ -219,7 +221,7 @@ impl EmailChannel {
         .port(port)
         .timeout(Some(timeout(c.timeout_seconds, 10.0)));
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
-            builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+            builder = builder.credentials(Credentials::new(u.clone(), p.expose().to_string()));
         }
         let parse = |field: &str, v: &str| {
             v.parse::<lettre::message::Mailbox>()
@@ -266,6 +268,6 @@ impl Channel for EmailChannel {
             .send(message)
             .await
             .map(|_| ())
-            .map_err(|e| format!("SMTP: {e}"))
+            .map_err(|e| crate::secret::redact(&format!("SMTP: {e}")))
     }
 }

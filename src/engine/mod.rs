@@ -346,24 +346,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `url` with any password or user name replaced by `***`, for messages and
-/// logs: the `user:password@` of a URL, and `password=...` in a query string
-/// or a `key=value` DSN.
+/// `url` with its credentials replaced by `***`, for messages and logs
+/// (the same as [`crate::secret::redact`], kept under its old name).
 pub fn redact_url(url: &str) -> String {
-    let mut out = match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    };
-    let mut from = 0;
-    while let Some(i) = out[from..].find("password=").map(|i| i + from) {
-        let start = i + "password=".len();
-        let end = out[start..]
-            .find([' ', '&'])
-            .map_or(out.len(), |j| start + j);
-        out.replace_range(start..end, "***");
-        from = start + 3;
-    }
-    out
+    crate::secret::redact(url)
 }

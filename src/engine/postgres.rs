@@ -113,14 +113,15 @@ impl std::fmt::Debug for PostgresEngine {
 /// Names this engine in errors.
 const ENGINE: &str = "postgres";
 
-fn backend(e: impl std::fmt::Display) -> BackendError {
-    BackendError::new(ENGINE, e.to_string())
+/// A failed request, with its causes: tokio-postgres says only `db error`
+/// and keeps the server's message (`index row size ... exceeds ...`) in the
+/// source. Redacted, since a server message may quote a DSN.
+fn backend(e: impl std::error::Error) -> BackendError {
+    BackendError::new(ENGINE, crate::secret::redact(&causes(&e)))
 }
 
-/// An error with its causes (tokio-postgres keeps the useful part, such as
-/// why a TLS handshake failed, in the source), and what to do about a
-/// certificate the client does not trust.
-fn full(e: &dyn std::error::Error) -> String {
+/// An error and its causes, each once.
+fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -130,6 +131,14 @@ fn full(e: &dyn std::error::Error) -> String {
         }
         cause = c.source();
     }
+    text
+}
+
+/// An error with its causes (tokio-postgres keeps the useful part, such as
+/// why a TLS handshake failed, in the source), and what to do about a
+/// certificate the client does not trust.
+fn full(e: &dyn std::error::Error) -> String {
+    let mut text = causes(e);
     if text.contains("UnknownIssuer") || text.contains("certificate") {
         text.push_str(
             " (set tls_ca_file to the PEM of the CA that signed the server's certificate)",
@@ -188,7 +197,11 @@ impl PostgresEngine {
     /// Connects to the store `name` described by `config` (its `url` or `dsn`
     /// is required) and applies the schema if needed.
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
-        let url = config.url.clone().unwrap_or_default();
+        let url = config
+            .url
+            .as_ref()
+            .map(|u| u.expose().to_string())
+            .unwrap_or_default();
         let redacted = redact_url(&url);
         let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
@@ -492,10 +505,13 @@ impl Engine for PostgresEngine {
         for (ctx, rate) in items {
             let key = self.key(ctx);
             if keys.contains(&key) {
-                return Err(backend(format!(
-                    "state key `{}` appears twice in one batch",
-                    ctx.key.encoded()
-                )));
+                return Err(BackendError::new(
+                    ENGINE,
+                    format!(
+                        "state key `{}` appears twice in one batch",
+                        ctx.key.encoded()
+                    ),
+                ));
             }
             keys.push(key);
             let (k, p1, p2) = script_args(rate);

@@ -624,13 +624,21 @@ async fn reference(
         }
         #[cfg(feature = "redis")]
         EngineKind::Redis => {
-            let url = store.url.as_deref().ok_or("the store has no url")?;
+            let url = store
+                .url
+                .as_ref()
+                .map(|u| u.expose())
+                .ok_or("the store has no url")?;
             let key = format!("{}:{{{}}}:r", store.prefix(), base_key.encoded());
             Ok(baseline::redis(url, &key, [i64::from(kind), p1, p2, 0], clients, calls).await?)
         }
         #[cfg(feature = "postgres")]
         EngineKind::Postgres => {
-            let url = store.url.as_deref().ok_or("the store has no url")?;
+            let url = store
+                .url
+                .as_ref()
+                .map(|u| u.expose())
+                .ok_or("the store has no url")?;
             let key = format!("{}:{}", store.prefix(), base_key.encoded());
             // pgbench opens a connection per client; stay under max_connections.
             let clients = clients.min(64);
@@ -651,7 +659,11 @@ async fn reference(
         }
         #[cfg(feature = "nats")]
         EngineKind::Nats => {
-            let url = store.url.as_deref().ok_or("the store has no url")?;
+            let url = store
+                .url
+                .as_ref()
+                .map(|u| u.expose())
+                .ok_or("the store has no url")?;
             let safe: String = limiter
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

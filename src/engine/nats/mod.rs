@@ -132,7 +132,11 @@ impl NatsEngine {
     /// Connects to the store `name` described by `config` (its `url` is
     /// required), creating the bucket if absent and probing the server clock.
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
-        let url = config.url.clone().unwrap_or_default();
+        let url = config
+            .url
+            .as_ref()
+            .map(|u| u.expose().to_string())
+            .unwrap_or_default();
         let redacted = redact_url(&url);
         let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
