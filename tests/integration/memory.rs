@@ -9,3 +9,14 @@ async fn memory_engine_keeps_the_contract() {
     let engine = registry.store("memory").expect("the built-in store");
     contract::run_all("memory", &*engine, &unique_prefix("contract")).await;
 }
+
+const MEMORY: crate::scenarios::Target = crate::scenarios::Target {
+    label: "memory",
+    store: |_| "[stores.s]\nengine = \"memory\"\n".to_string(),
+};
+
+#[test]
+fn long_keys_keep_their_limit() {
+    let n = crate::scenarios::long_keys_keep_their_limit(&MEMORY);
+    println!("memory: {n} keys of 3 KB to 1 MiB kept their limit");
+}

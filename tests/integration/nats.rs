@@ -121,6 +121,19 @@ fn odd_keys_work_and_stay_distinct() {
 }
 
 #[test]
+fn long_keys_keep_their_limit_on_both_servers() {
+    for (target, url) in [(&NATS, nats_url()), (&NATS_CURRENT, current_url())] {
+        require!(url);
+        let _serial = serial();
+        let n = scenarios::long_keys_keep_their_limit(target);
+        println!(
+            "{}: {n} keys of 3 KB to 1 MiB kept their limit",
+            target.label
+        );
+    }
+}
+
+#[test]
 fn nats_engine_keeps_the_contract_on_both_servers() {
     for (target, url) in [(&NATS, nats_url()), (&NATS_CURRENT, current_url())] {
         require!(url);

@@ -81,6 +81,14 @@ fn refused_requests_leave_no_slot() {
 }
 
 #[test]
+fn long_keys_keep_their_limit() {
+    require_redis!();
+    let _serial = serial();
+    let n = scenarios::long_keys_keep_their_limit(&REDIS);
+    println!("redis: {n} keys of 3 KB to 1 MiB kept their limit");
+}
+
+#[test]
 fn odd_keys_work_and_stay_distinct() {
     require_redis!();
     let _serial = serial();

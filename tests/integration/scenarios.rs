@@ -465,3 +465,95 @@ pub fn port_open(port: u16) -> bool {
     )
     .is_ok()
 }
+
+/// The keys a hostile client can send: 3 KB of ASCII, bytes that triple
+/// under encoding, 1 MiB of incompressible letters, multi-byte text, and two
+/// long keys differing only in their last byte.
+fn hostile_keys() -> Vec<(String, String)> {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut letter = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        char::from(b'a' + (seed % 26) as u8)
+    };
+    let random: String = (0..1 << 20).map(|_| letter()).collect();
+    let twin_a = format!("{}a", &random[..8191]);
+    let twin_b = format!("{}b", &random[..8191]);
+    vec![
+        ("3 KB of ASCII".into(), "k".repeat(3 * 1024)),
+        ("64 KiB that triple".into(), "\u{1}/ ".repeat(64 * 1024 / 3)),
+        ("1 MiB of random letters".into(), random.clone()),
+        ("multi-byte text".into(), "ключ🚀ü".repeat(30_000)),
+        ("twin a".into(), twin_a),
+        ("twin b".into(), twin_b),
+    ]
+}
+
+/// Keys of 3 KB to 1 MiB on a `fail_open` limiter: each grants once and is
+/// refused after (a backend that failed on them would admit all), a
+/// bystander's decision right after each is clean, and the store never
+/// fails. Returns how many keys were tried.
+pub fn long_keys_keep_their_limit(t: &Target) -> usize {
+    let keys = hostile_keys();
+    runtime().block_on(async {
+        let reg = Registry::from_toml_str(&t.config(
+            "longkeys",
+            "[limiters.api]\nstore = \"s\"\nrate_per_second = 0.001\nburst = 1\non_backend_error = \"fail_open\"\n\
+             [limiters.jobs]\nstore = \"s\"\nmax_concurrent = 1\nlease_seconds = 30\non_backend_error = \"fail_open\"\n",
+        ))
+        .await
+        .unwrap();
+        let (api, jobs) = (reg.limiter("api").unwrap(), reg.limiter("jobs").unwrap());
+        for (i, (what, k)) in keys.iter().enumerate() {
+            let lim = api.key(k);
+            assert!(
+                lim.try_acquire().await.unwrap().is_some(),
+                "{}: {what}: the first request is refused",
+                t.label
+            );
+            for _ in 0..2 {
+                assert!(
+                    lim.try_acquire().await.unwrap().is_none(),
+                    "{}: {what}: a second request was admitted (the limit was lifted)",
+                    t.label
+                );
+            }
+            let bystander = api.key(format!("bystander-{i}"));
+            assert!(
+                bystander.try_acquire().await.unwrap().is_some(),
+                "{}: after {what}: a bystander key was refused",
+                t.label
+            );
+            // The same key on a concurrency limiter: one holder, the second refused.
+            let held = jobs.key(k).try_acquire().await.unwrap();
+            assert!(
+                held.as_ref().is_some_and(|p| p.holds_slot()),
+                "{}: {what}: no slot",
+                t.label
+            );
+            assert!(
+                jobs.key(k).try_acquire().await.unwrap().is_none(),
+                "{}: {what}: a second holder of one slot",
+                t.label
+            );
+            held.unwrap().release().await.unwrap();
+            assert!(
+                jobs.key(k).try_acquire().await.unwrap().is_some(),
+                "{}: {what}: the released slot is not free",
+                t.label
+            );
+        }
+        for lim in [&api, &jobs] {
+            assert_eq!(
+                lim.metrics().backend_errors,
+                0,
+                "{}: `{}` saw store errors on long keys",
+                t.label,
+                lim.name()
+            );
+        }
+        reg.close().await;
+    });
+    keys.len()
+}
