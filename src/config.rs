@@ -337,6 +337,20 @@ pub enum RateSpec {
     SlidingWindow(SlidingWindow),
 }
 
+impl RateSpec {
+    /// How long the state of one grant matters after the slot it was
+    /// reserved for: a bucket until it is full again, a window until the
+    /// grant has left it.
+    pub fn state_lifetime(&self) -> Duration {
+        match self {
+            RateSpec::TokenBucket(g) => {
+                Duration::from_nanos(g.emission_ns().saturating_mul(u64::from(g.burst())))
+            }
+            RateSpec::SlidingWindow(w) => Duration::from_nanos(w.window_ns()),
+        }
+    }
+}
+
 /// A concurrency policy, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConcurrencySpec {
@@ -486,13 +500,7 @@ impl Config {
 /// it is full again, a window until its last grant left it, a lease until it
 /// runs out.
 pub fn state_lifetime(spec: &LimiterSpec) -> Duration {
-    let rate = match &spec.rate {
-        Some(RateSpec::TokenBucket(g)) => {
-            Duration::from_nanos(g.emission_ns().saturating_mul(u64::from(g.burst())))
-        }
-        Some(RateSpec::SlidingWindow(w)) => Duration::from_nanos(w.window_ns()),
-        None => Duration::ZERO,
-    };
+    let rate = spec.rate.map_or(Duration::ZERO, |r| r.state_lifetime());
     rate.max(spec.concurrency.map_or(Duration::ZERO, |c| c.lease))
 }
 

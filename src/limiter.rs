@@ -257,8 +257,23 @@ impl Limiter {
         let mut slot = None;
         let mut overshoot = Duration::ZERO;
         if let Some(rate) = &spec.rate {
-            let max_wait = wait.remaining().unwrap_or(Duration::MAX);
-            match self.shared.engine.reserve(self.ctx(), rate, max_wait).await {
+            let horizon = self.shared.engine.reservation_horizon(rate);
+            let answer = loop {
+                let remaining = wait.remaining().unwrap_or(Duration::MAX);
+                let max_wait = horizon.map_or(remaining, |h| remaining.min(h));
+                let answer = self.shared.engine.reserve(self.ctx(), rate, max_wait).await;
+                match (answer, horizon) {
+                    // Refused by the store's horizon, not by the caller's
+                    // bound: sleep until the slot comes within it, unreserved.
+                    (Ok(Reservation::Denied { retry_after }), Some(h))
+                        if retry_after <= remaining && retry_after > h =>
+                    {
+                        tokio::time::sleep((retry_after - h).max(Duration::from_millis(1))).await;
+                    }
+                    (answer, _) => break answer,
+                }
+            };
+            match answer {
                 Ok(Reservation::Granted { wait, slot_unix_us }) => {
                     slot = slot_unix_us;
                     if !wait.is_zero() {

@@ -257,6 +257,15 @@ pub trait Engine: Send + Sync + Debug + 'static {
         true
     }
 
+    /// How far ahead of now this engine can hold a reservation of `rate`:
+    /// a store that forgets untouched keys (NATS KV's max age) would forget
+    /// a slot reserved further ahead and admit it twice. `None`: no bound.
+    /// The limiter never asks for a slot beyond it; a caller willing to wait
+    /// longer sleeps until its slot comes within the horizon, then reserves.
+    fn reservation_horizon(&self, _rate: &RateSpec) -> Option<Duration> {
+        None
+    }
+
     /// Reserves the earliest rate slot for `ctx.key` that begins at most
     /// `max_wait` from now, or reserves nothing and says when the earliest is.
     async fn reserve(

@@ -350,3 +350,117 @@ fn many_hosts_share_one_limit() {
     crate::cross_host::token_bucket(&engine);
     crate::cross_host::concurrency_with_killed_host(&engine);
 }
+
+/// A bucket of its own, so its max age is this test's.
+fn own_bucket(url: &str, bucket: &str, max_age: u32) -> String {
+    format!(
+        "[stores.s]\nengine = \"nats\"\nurl = \"{url}\"\nbucket = \"{bucket}\"\nmax_age_seconds = {max_age}\nkey_prefix = \"{}\"\n",
+        unique_prefix("horizon")
+    )
+}
+
+/// Waiting callers reserve slots ahead; a bucket that forgot the key before
+/// those slots passed would admit them twice. At 0.5/s with a 3 s max age,
+/// five waiters and a late `try_acquire` stay within the token bucket.
+#[test]
+fn reservations_never_outlive_the_bucket() {
+    require!(nats_url());
+    let _serial = serial();
+    let bucket = format!("rs_horizon_{}_{}", std::process::id(), now_us() % 1_000_000);
+    let toml = format!(
+        "{}[limiters.api]\nstore = \"s\"\nrate_per_second = 0.5\nburst = 1\n",
+        own_bucket(&nats_url(), &bucket, 3)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let slots = rt.block_on(async {
+        let reg = Registry::from_toml_str(&toml).await.unwrap();
+        let api = reg.limiter("api").unwrap();
+        let t0 = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let api = api.clone();
+            tasks.push(tokio::spawn(async move {
+                api.acquire_timeout(Duration::from_secs(30)).await.unwrap();
+                now_us()
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut slots = Vec::new();
+        // A late caller on another host (an engine of its own, whose cache
+        // knows nothing) that will not wait, while the waiters' slots lie ahead.
+        let other = Registry::from_toml_str(&toml).await.unwrap();
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            t0 + Duration::from_millis(5_100),
+        ))
+        .await;
+        let late = other.limiter("api").unwrap();
+        if late.try_acquire().await.unwrap().is_some() {
+            slots.push(now_us());
+        }
+        for t in tasks {
+            slots.push(t.await.unwrap());
+        }
+        slots.sort_unstable();
+        reg.close().await;
+        other.close().await;
+        slots
+    });
+    // 5 ms of jitter per grant: timers wake late, never early.
+    let excess = ratesync::audit::max_excess(&slots, 0.5);
+    assert!(
+        excess <= 1.0 + 0.5 * 0.005 * slots.len() as f64,
+        "grants {slots:?} exceed the bucket by {excess:.3} (bound 1)"
+    );
+    println!(
+        "nats horizon: {} grants, worst excess {excess:.3} of burst 1",
+        slots.len()
+    );
+}
+
+/// An existing bucket that keeps keys for less than `max_age_seconds` is
+/// raised to it when a store opens it.
+#[test]
+fn an_existing_bucket_is_raised_to_max_age() {
+    require!(nats_url());
+    let _serial = serial();
+    let bucket = format!("rs_age_{}_{}", std::process::id(), now_us() % 1_000_000);
+    let limiters = "[limiters.api]\nstore = \"s\"\nrate_per_second = 1.0\n";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let age = |bucket: String| async move {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(format!("KV_{bucket}")).await.unwrap();
+        stream.info().await.unwrap().config.max_age
+    };
+    rt.block_on(async {
+        let short = Registry::from_toml_str(&format!(
+            "{}{limiters}",
+            own_bucket(&nats_url(), &bucket, 6)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(age(bucket.clone()).await, Duration::from_secs(6));
+        short.close().await;
+        let long = Registry::from_toml_str(&format!(
+            "{}{limiters}",
+            own_bucket(&nats_url(), &bucket, 86_400)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            age(bucket.clone()).await,
+            Duration::from_secs(86_400),
+            "a store with max_age_seconds = 86400 ran on a 6 s bucket"
+        );
+        // A shorter setting leaves the longer age alone.
+        let again = Registry::from_toml_str(&format!(
+            "{}{limiters}",
+            own_bucket(&nats_url(), &bucket, 6)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(age(bucket.clone()).await, Duration::from_secs(86_400));
+        long.close().await;
+        again.close().await;
+    });
+}

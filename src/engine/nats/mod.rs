@@ -90,6 +90,8 @@ pub struct NatsEngine {
     url: String,
     timeout: Duration,
     max_retries: u32,
+    /// How long the bucket keeps an untouched key.
+    max_age: Duration,
     clock: Arc<ServerClock>,
     stripes: KeyStripes,
     cache: Mutex<HashMap<String, (u64, State)>>,
@@ -214,6 +216,7 @@ impl NatsEngine {
             url: redacted,
             timeout,
             max_retries: config.max_cas_retries(),
+            max_age: config.max_age(),
             clock,
             stripes: KeyStripes::new(),
             cache: Mutex::new(HashMap::new()),
@@ -391,6 +394,7 @@ async fn open_bucket(
     max_age: Duration,
 ) -> Result<kv::Store, String> {
     if let Ok(store) = js.get_key_value(bucket).await {
+        ensure_max_age(js, bucket, max_age).await?;
         return Ok(store);
     }
     let config = stream::Config {
@@ -414,6 +418,46 @@ async fn open_bucket(
     js.get_key_value(bucket)
         .await
         .map_err(|e| format!("cannot open or create bucket {bucket}: {e}"))
+}
+
+/// An existing bucket that forgets keys sooner than `max_age_seconds` says
+/// would forget reservations the engine made in good faith: it is raised to
+/// the configured age, or the store is refused naming both values. A longer
+/// age than configured is kept (state then lives longer, which is safe).
+async fn ensure_max_age(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<(), String> {
+    let name = format!("KV_{bucket}");
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .map_err(|e| format!("cannot read the settings of bucket {bucket}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the settings of bucket {bucket}: {e}"))?;
+    let current = info.config.max_age;
+    if current.is_zero() || current >= max_age {
+        return Ok(());
+    }
+    let mut config = info.config.clone();
+    config.max_age = max_age;
+    match js.update_stream(config).await {
+        Ok(_) => {
+            tracing::info!(bucket, from_s = current.as_secs_f64(), to_s = max_age.as_secs_f64(),
+                "raised the bucket's max age to max_age_seconds");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "bucket {bucket} keeps keys for {:.0} s, but max_age_seconds = {:.0}, and raising it failed ({e}); \
+             raise the bucket's max age (nats kv edit / stream edit KV_{bucket}) or lower max_age_seconds to {:.0}",
+            current.as_secs_f64(),
+            max_age.as_secs_f64(),
+            current.as_secs_f64()
+        )),
+    }
 }
 
 /// Writes the probe key and reads back the server's stamp on it.
@@ -493,6 +537,19 @@ impl Engine for NatsEngine {
         false
     }
 
+    /// A key is forgotten `max_age` after its last write, so a slot reserved
+    /// now must have stopped mattering by then: its wait plus the state's
+    /// lifetime fits the age, less the clock's uncertainty and a second.
+    fn reservation_horizon(&self, rate: &RateSpec) -> Option<Duration> {
+        let margin =
+            self.clock.uncertainty().unwrap_or(Duration::from_secs(1)) + Duration::from_secs(1);
+        Some(
+            self.max_age
+                .saturating_sub(rate.state_lifetime())
+                .saturating_sub(margin),
+        )
+    }
+
     async fn reserve(
         &self,
         ctx: Ctx<'_>,
@@ -500,7 +557,9 @@ impl Engine for NatsEngine {
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
         let key = self.key("r", &ctx);
-        let max_wait = ns(max_wait);
+        // Never beyond the horizon, whoever calls (the limiter already
+        // keeps to it; this guards direct callers of the engine).
+        let max_wait = ns(max_wait.min(self.reservation_horizon(rate).unwrap_or(max_wait)));
         let rate = *rate;
         self.decide(&ctx, &key, move |state, now| {
             let outcome = match rate {
