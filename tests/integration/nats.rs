@@ -380,7 +380,7 @@ fn reservations_never_outlive_the_bucket() {
         for _ in 0..5 {
             let api = api.clone();
             tasks.push(tokio::spawn(async move {
-                api.acquire_timeout(Duration::from_secs(30)).await.unwrap();
+                let _permit = api.acquire_timeout(Duration::from_secs(30)).await.unwrap();
                 now_us()
             }));
             tokio::time::sleep(Duration::from_millis(20)).await;
