@@ -81,10 +81,14 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
             continue;
         };
         let holder = HolderId::new();
+        let asked = tokio::time::Instant::now();
         match l.request_lease(&holder, spec).await {
-            Ok(LeaseOutcome::Acquired { .. }) => {
-                leases.push(Some(LeaseGuard::new((*l).clone(), holder, spec.lease)))
-            }
+            Ok(LeaseOutcome::Acquired { .. }) => leases.push(Some(LeaseGuard::new(
+                (*l).clone(),
+                holder,
+                spec.lease,
+                asked,
+            ))),
             Ok(LeaseOutcome::Full { .. }) => {
                 l.shared().metrics.record_cap_reached();
                 l.shared().metrics.record_timeout();

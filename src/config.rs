@@ -32,6 +32,16 @@ pub const DEFAULT_STORE: &str = "memory";
 /// The default lease of a concurrency slot whose holder vanished.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// The shortest lease any store accepts. A holder renews every third of its
+/// lease; below a second, a descheduled process or a GC pause outlives the
+/// lease and a second holder gets the slot while the first still works.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
+/// A lease must outlast a renewal sent a third of the way into it and
+/// answered within the store's `response_timeout`: at least this many
+/// response timeouts long.
+pub const LEASE_PER_RESPONSE_TIMEOUT: f64 = 1.5;
+
 /// A whole configuration: stores and limiters.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -490,7 +500,7 @@ impl Config {
             &self.stores.keys().cloned().collect::<Vec<_>>(),
         )?;
         if let Some(store) = self.stores.get(&spec.store) {
-            check_state_lifetime(&self.source_name, name, &spec, store)?;
+            check_against_store(&self.source_name, name, &spec, store)?;
         }
         Ok(spec)
     }
@@ -525,6 +535,48 @@ fn check_state_lifetime(
                 needed.as_secs_f64().ceil(),
                 spec.store,
                 store.max_age().as_secs_f64()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The checks of a limiter that depend on its store's settings, for files
+/// and for limiters registered from code alike.
+pub(crate) fn check_against_store(
+    source: &str,
+    name: &str,
+    spec: &LimiterSpec,
+    store: &StoreConfig,
+) -> Result<(), ConfigError> {
+    check_state_lifetime(source, name, spec, store)?;
+    check_lease(source, name, spec, store)
+}
+
+/// A network store's lease must outlast one renewal (see [`LEASE_PER_RESPONSE_TIMEOUT`]).
+fn check_lease(
+    source: &str,
+    name: &str,
+    spec: &LimiterSpec,
+    store: &StoreConfig,
+) -> Result<(), ConfigError> {
+    let Some(c) = spec.concurrency else {
+        return Ok(());
+    };
+    if store.engine == EngineKind::Memory {
+        return Ok(());
+    }
+    let needed = store.response_timeout().mul_f64(LEASE_PER_RESPONSE_TIMEOUT);
+    if c.lease < needed {
+        return Err(ConfigError::new(
+            source,
+            format!("limiters.{name}.lease_seconds"),
+            format!(
+                "must be at least {:.3} s with store `{}` ({LEASE_PER_RESPONSE_TIMEOUT} x its response_timeout of {:.3} s, so a renewal sent a third of the way into the lease is answered before it ends), got {:.3}; raise lease_seconds or lower response_timeout",
+                needed.as_secs_f64(),
+                spec.store,
+                store.response_timeout().as_secs_f64(),
+                c.lease.as_secs_f64()
             ),
         ));
     }
@@ -941,6 +993,16 @@ fn validate_limiter(
                     )
                 })?,
             };
+            if lease < MIN_LEASE {
+                return Err(err(
+                    "lease_seconds",
+                    format!(
+                        "must be at least {} s, got {}: a shorter lease runs out under a holder that is merely slow, and a second holder gets its slot",
+                        MIN_LEASE.as_secs_f64(),
+                        lim.lease_seconds.unwrap_or_default()
+                    ),
+                ));
+            }
             Some(ConcurrencySpec { max, lease })
         }
     };

@@ -351,12 +351,14 @@ impl Limiter {
                     }
                 }
             }
+            let asked = Instant::now();
             match self.request_lease(&holder, spec).await {
                 Ok(LeaseOutcome::Acquired { .. }) => {
                     return Ok(Ok(Some(LeaseGuard::new(
                         self.clone(),
                         holder.clone(),
                         spec.lease,
+                        asked,
                     ))))
                 }
                 Ok(LeaseOutcome::Full { retry_after }) => {
@@ -535,6 +537,43 @@ impl Permit {
     /// True when the permit holds a concurrency slot.
     pub fn holds_slot(&self) -> bool {
         self.lease.is_some()
+    }
+
+    /// False once the permit's concurrency lease was lost: a renewal found
+    /// the slot gone, or the store could not be reached to renew it before
+    /// the lease ran out. Another holder may have the slot then, and the
+    /// work the permit guards should stop. True for a permit without a slot
+    /// (there is nothing to lose).
+    pub fn is_held(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| !*l.lost.borrow())
+    }
+
+    /// Resolves when the permit's concurrency lease is lost (see
+    /// [`is_held`](Self::is_held)); never, for a permit without a slot. Race
+    /// it against the guarded work:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+    /// # let registry = ratesync::Registry::from_toml_str("[limiters.jobs]\nmax_concurrent = 1").await?;
+    /// let permit = registry.limiter("jobs")?.acquire().await?;
+    /// tokio::select! {
+    ///     _ = permit.lost() => eprintln!("lease lost: stopping, another worker may hold the slot"),
+    ///     _ = async { /* the guarded work */ } => {}
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn lost(&self) {
+        match &self.lease {
+            Some(l) => {
+                let mut rx = l.lost.clone();
+                // An error means the renewer ended without a loss (aborted):
+                // the permit is going away, so nothing more will be lost.
+                if rx.wait_for(|lost| *lost).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Frees the concurrency slot now and waits until the store confirmed it.
@@ -737,6 +776,8 @@ pub(crate) struct LeaseGuard {
     limiter: Limiter,
     holder: HolderId,
     renewer: Option<JoinHandle<()>>,
+    /// Becomes true, once and for good, when the lease is lost.
+    lost: tokio::sync::watch::Receiver<bool>,
     done: bool,
     // Only a slot that became a permit counts in `total_releases`; one given
     // back because the rate refused was never granted.
@@ -744,35 +785,21 @@ pub(crate) struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    pub(crate) fn new(limiter: Limiter, holder: HolderId, lease: Duration) -> Self {
+    /// A slot taken by a request sent at `asked`: the store's lease began
+    /// no earlier, so it certainly runs until `asked + lease`.
+    pub(crate) fn new(limiter: Limiter, holder: HolderId, lease: Duration, asked: Instant) -> Self {
         limiter.shared.metrics.slot_taken();
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
         let renewer = tokio::runtime::Handle::try_current().ok().map(|h| {
             let limiter = limiter.clone();
             let holder = holder.clone();
-            // Renewing at a third of the lease survives two lost renewals.
-            let every = (lease / 3).max(Duration::from_millis(10));
-            h.spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match limiter.shared.engine.renew_lease(limiter.ctx(), &holder, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(limiter = %limiter.shared.name, holder = %holder,
-                                "concurrency lease was lost before the permit was dropped (renewals failed for longer than lease_seconds)");
-                            return;
-                        }
-                        Err(e) => {
-                            limiter.shared.metrics.record_backend_error();
-                            tracing::warn!(limiter = %limiter.shared.name, error = %e, "could not renew a concurrency lease");
-                        }
-                    }
-                }
-            })
+            h.spawn(renew_until_lost(limiter, holder, lease, asked, lost_tx))
         });
         Self {
             limiter,
             holder,
             renewer,
+            lost,
             done: false,
             granted: false,
         }
@@ -810,4 +837,45 @@ impl Drop for LeaseGuard {
             release_in_background(&self.limiter, self.holder.clone());
         }
     }
+}
+
+/// Renews a lease every third of its length until the task is aborted (the
+/// permit went away) or the lease is lost: a renewal found it gone, or no
+/// renewal succeeded before the last certain expiry (the store may have
+/// given the slot to someone else meanwhile). A loss is counted in
+/// `leases_lost`, logged, and told to the permit ([`Permit::lost`]).
+async fn renew_until_lost(
+    limiter: Limiter,
+    holder: HolderId,
+    lease: Duration,
+    asked: Instant,
+    lost: tokio::sync::watch::Sender<bool>,
+) {
+    let every = (lease / 3).max(Duration::from_millis(10));
+    // The lease surely runs until here: it began no earlier than the request.
+    let mut held_until = asked + lease;
+    let why = loop {
+        tokio::time::sleep(every).await;
+        let sent = Instant::now();
+        let renewal = limiter
+            .shared
+            .engine
+            .renew_lease(limiter.ctx(), &holder, lease);
+        match tokio::time::timeout_at(held_until, renewal).await {
+            Ok(Ok(true)) => held_until = sent + lease,
+            Ok(Ok(false)) => break "the store no longer holds it",
+            Ok(Err(e)) => {
+                limiter.shared.metrics.record_backend_error();
+                tracing::warn!(limiter = %limiter.shared.name, error = %e, "could not renew a concurrency lease");
+                if Instant::now() >= held_until {
+                    break "renewals failed until the lease ran out";
+                }
+            }
+            Err(_) => break "no renewal was answered before the lease ran out",
+        }
+    };
+    limiter.shared.metrics.record_lease_lost();
+    tracing::warn!(limiter = %limiter.shared.name, holder = %holder, reason = why,
+        "concurrency lease lost while its permit is alive: another holder may have the slot; stop the work the permit guards (Permit::lost)");
+    let _ = lost.send(true);
 }

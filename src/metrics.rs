@@ -26,6 +26,7 @@ pub struct Metrics {
     max_concurrent_reached: AtomicU64,
     total_releases: AtomicU64,
     backend_errors: AtomicU64,
+    leases_lost: AtomicU64,
     wait_buckets: [AtomicU64; WAIT_BUCKETS_MS.len() + 1],
     observer: WaitObserver,
     epoch: Epoch,
@@ -91,6 +92,10 @@ pub struct MetricsSnapshot {
     pub total_releases: u64,
     /// Store failures, whatever the failure mode did with them.
     pub backend_errors: u64,
+    /// Concurrency leases lost while their permit was alive: a renewal found
+    /// the slot gone, or renewals failed for longer than the lease. Another
+    /// holder may have the slot; see [`Permit::lost`](crate::Permit::lost).
+    pub leases_lost: u64,
     /// Grants by wait time: `(upper bound in ms, count)`, the last bound infinite.
     pub wait_histogram: Vec<(f64, u64)>,
 }
@@ -149,6 +154,11 @@ impl Metrics {
         self.backend_errors.fetch_add(1, Relaxed);
     }
 
+    /// Counts a lease lost while its permit was alive.
+    pub fn record_lease_lost(&self) {
+        self.leases_lost.fetch_add(1, Relaxed);
+    }
+
     /// Counts an acquire that found every concurrency slot taken.
     pub fn record_cap_reached(&self) {
         self.max_concurrent_reached.fetch_add(1, Relaxed);
@@ -190,6 +200,7 @@ impl Metrics {
             max_concurrent_reached: self.max_concurrent_reached.load(Relaxed),
             total_releases: self.total_releases.load(Relaxed),
             backend_errors: self.backend_errors.load(Relaxed),
+            leases_lost: self.leases_lost.load(Relaxed),
             wait_histogram: WAIT_BUCKETS_MS
                 .iter()
                 .copied()

@@ -32,6 +32,8 @@ pub struct Registry {
 
 struct Inner {
     stores: RwLock<BTreeMap<String, Arc<dyn Engine>>>,
+    /// The settings of the configured stores, for checking registered limiters.
+    store_configs: RwLock<BTreeMap<String, crate::config::StoreConfig>>,
     limiters: RwLock<BTreeMap<String, Limiter>>,
     /// Told of every limiter, present and future (telemetry attaches here).
     watchers: RwLock<Vec<LimiterWatcher>>,
@@ -63,6 +65,7 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 stores: RwLock::new(stores),
+                store_configs: RwLock::new(BTreeMap::new()),
                 limiters: RwLock::new(BTreeMap::new()),
                 watchers: RwLock::new(Vec::new()),
             }),
@@ -75,6 +78,12 @@ impl Registry {
         for (name, store) in &config.stores {
             let engine = connect(&config.source_name, name, store).await?;
             registry.write_stores().insert(name.clone(), engine);
+            registry
+                .inner
+                .store_configs
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.clone(), store.clone());
         }
         for (name, spec) in config.limiters {
             let engine = registry.store(&spec.store).ok_or_else(|| {
@@ -227,6 +236,15 @@ impl Registry {
             |s| store_names.iter().any(|n| n == s),
             &store_names,
         )?;
+        if let Some(store) = self
+            .inner
+            .store_configs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&spec.store)
+        {
+            config::check_against_store("<registered>", name, &spec, store)?;
+        }
         let engine = self.store(&spec.store).ok_or_else(|| {
             ConfigError::new(
                 "<registered>",

@@ -14,6 +14,7 @@
 //! | `ratesync_timeouts_total` | counter | refused `try_acquire` + timed-out `acquire` |
 //! | `ratesync_cas_failures_total` | counter | compare-and-set conflicts (NATS) |
 //! | `ratesync_backend_errors_total` | counter | store failures |
+//! | `ratesync_leases_lost_total` | counter | concurrency leases lost while their permit was alive |
 //! | `ratesync_releases_total` | counter | permits' concurrency slots given back |
 //! | `ratesync_max_concurrent_reached_total` | counter | acquires that found every slot taken |
 //! | `ratesync_concurrent` | gauge | slots held by this process |
@@ -43,11 +44,12 @@ use std::sync::Arc;
 
 /// The instrument names, as registered with OpenTelemetry (before the
 /// exporter adds `_total` to counters).
-pub const INSTRUMENTS: [&str; 11] = [
+pub const INSTRUMENTS: [&str; 12] = [
     "ratesync_acquisitions",
     "ratesync_timeouts",
     "ratesync_cas_failures",
     "ratesync_backend_errors",
+    "ratesync_leases_lost",
     "ratesync_releases",
     "ratesync_max_concurrent_reached",
     "ratesync_concurrent",
@@ -125,6 +127,12 @@ impl Registry {
             "ratesync_backend_errors",
             "Store failures, whatever the failure mode did",
             backend_errors
+        );
+        observed!(
+            u64_observable_counter,
+            "ratesync_leases_lost",
+            "Concurrency leases lost while their permit was alive",
+            leases_lost
         );
         observed!(
             u64_observable_counter,

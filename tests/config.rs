@@ -475,3 +475,29 @@ to = ["b@example.com"]
         assert!(!debug.contains(s), "{s:?} in Debug of AlertLoop: {debug}");
     }
 }
+
+/// A lease shorter than a second, or than one renewal can take on its
+/// store, is refused: such a lease runs out under a live holder.
+#[test]
+fn leases_have_a_sane_minimum() {
+    assert_eq!(
+        err("[limiters.jobs]\nmax_concurrent = 1\nlease_seconds = 0.0000005"),
+        "test.toml: limiters.jobs.lease_seconds: must be at least 1 s, got 0.0000005: a shorter lease runs out under a holder that is merely slow, and a second holder gets its slot"
+    );
+    let redis = "[stores.r]\nengine = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n";
+    assert_eq!(
+        err(&format!("{redis}[limiters.jobs]\nstore = \"r\"\nmax_concurrent = 1\nlease_seconds = 2")),
+        "test.toml: limiters.jobs.lease_seconds: must be at least 3.000 s with store `r` (1.5 x its response_timeout of 2.000 s, so a renewal sent a third of the way into the lease is answered before it ends), got 2.000; raise lease_seconds or lower response_timeout"
+    );
+    // A shorter response_timeout allows a shorter lease.
+    parse_env(
+        &format!("{redis}response_timeout = 1.0\n[limiters.jobs]\nstore = \"r\"\nmax_concurrent = 1\nlease_seconds = 2"),
+        &[],
+    )
+    .expect("a 2 s lease with a 1 s response_timeout");
+    parse_env(
+        "[limiters.jobs]\nmax_concurrent = 1\nlease_seconds = 1",
+        &[],
+    )
+    .expect("1 s on memory");
+}

@@ -713,3 +713,131 @@ fn hashed_keys_hide_the_value() {
         ratesync::hash_key_with_secret(b"b", "alice@example.com")
     );
 }
+
+/// The memory engine, with renewals that can be made to fail three ways.
+#[derive(Debug, Default)]
+struct Renewals {
+    inner: ratesync::engine::memory::MemoryEngine,
+    /// 0: pass through; 1: "not held"; 2: an error; 3: no answer.
+    mode: std::sync::atomic::AtomicU8,
+}
+
+#[async_trait]
+impl Engine for Renewals {
+    fn kind(&self) -> &'static str {
+        "renewals"
+    }
+    async fn reserve(
+        &self,
+        c: Ctx<'_>,
+        r: &RateSpec,
+        w: Duration,
+    ) -> Result<Reservation, BackendError> {
+        self.inner.reserve(c, r, w).await
+    }
+    async fn reserve_all(
+        &self,
+        i: &[(Ctx<'_>, RateSpec)],
+        w: Duration,
+    ) -> Result<BatchReservation, BackendError> {
+        self.inner.reserve_all(i, w).await
+    }
+    async fn rate_state(&self, c: Ctx<'_>, r: &RateSpec) -> Result<RateState, BackendError> {
+        self.inner.rate_state(c, r).await
+    }
+    async fn acquire_lease(
+        &self,
+        c: Ctx<'_>,
+        h: &HolderId,
+        s: &ConcurrencySpec,
+    ) -> Result<LeaseOutcome, BackendError> {
+        self.inner.acquire_lease(c, h, s).await
+    }
+    async fn renew_lease(
+        &self,
+        c: Ctx<'_>,
+        h: &HolderId,
+        l: Duration,
+    ) -> Result<bool, BackendError> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => self.inner.renew_lease(c, h, l).await,
+            1 => Ok(false),
+            2 => Err(down()),
+            _ => std::future::pending().await,
+        }
+    }
+    async fn release_lease(&self, c: Ctx<'_>, h: &HolderId) -> Result<bool, BackendError> {
+        self.inner.release_lease(c, h).await
+    }
+    async fn lease_state(
+        &self,
+        c: Ctx<'_>,
+        s: &ConcurrencySpec,
+    ) -> Result<ConcurrencyState, BackendError> {
+        self.inner.lease_state(c, s).await
+    }
+    async fn subscribe_releases(&self, c: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
+        self.inner.subscribe_releases(c).await
+    }
+}
+
+/// A permit learns that its lease is gone: when a renewal finds it lost at
+/// once, and when renewals fail or go unanswered, once the lease has run out
+/// (not before). Each loss is counted once in `leases_lost`.
+#[tokio::test(start_paused = true)]
+async fn a_permit_knows_when_its_lease_is_lost() {
+    for (mode, lost_after) in [
+        (1u8, Duration::from_secs(1)),
+        (2, Duration::from_secs(3)),
+        (3, Duration::from_secs(3)),
+    ] {
+        let engine = Arc::new(Renewals::default());
+        let reg = Registry::new();
+        reg.add_store("r", engine.clone());
+        let jobs = reg
+            .register(
+                "jobs",
+                LimiterConfig::concurrency(1)
+                    .with_lease(Duration::from_secs(3))
+                    .with_store("r"),
+            )
+            .unwrap();
+        let permit = jobs.acquire().await.unwrap();
+        assert!(permit.is_held());
+        // Renewed while the store answers: still held after several leases.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            permit.is_held(),
+            "mode {mode}: a renewed lease was reported lost"
+        );
+        engine.mode.store(mode, Ordering::SeqCst);
+        let broke = Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), permit.lost())
+            .await
+            .unwrap_or_else(|_| panic!("mode {mode}: the loss was never told"));
+        let after = broke.elapsed();
+        assert!(!permit.is_held());
+        assert_eq!(jobs.metrics().leases_lost, 1, "mode {mode}");
+        // Told no later than the lease allows, and (for failures that prove
+        // nothing) no earlier than the last certain expiry.
+        assert!(after <= lost_after, "mode {mode}: told after {after:?}");
+        if mode != 1 {
+            assert!(
+                after >= Duration::from_secs(2),
+                "mode {mode}: told after {after:?}, before the lease could have run out"
+            );
+        }
+        drop(permit);
+    }
+}
+
+/// A permit without a concurrency slot has nothing to lose.
+#[tokio::test(start_paused = true)]
+async fn a_rate_permit_is_always_held() {
+    let reg = registry("[limiters.api]\nrate_per_second = 10.0").await;
+    let p = reg.limiter("api").unwrap().acquire().await.unwrap();
+    assert!(p.is_held());
+    assert!(tokio::time::timeout(Duration::from_secs(60), p.lost())
+        .await
+        .is_err());
+}

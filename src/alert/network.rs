@@ -35,7 +35,14 @@ async fn post(
     // reqwest's errors name the full URL, token and all: drop it, and redact
     // what is left in case a cause quotes it again.
     let resp = req.send().await.map_err(|e| {
-        crate::secret::redact(&format!("POST {}: {}", url.redacted(), e.without_url()))
+        let e = e.without_url();
+        let mut text = format!("POST {}: {e}", url.redacted());
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        crate::secret::redact(&text)
     })?;
     let status = resp.status();
     if status.is_success() {

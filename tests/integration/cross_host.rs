@@ -109,7 +109,7 @@ pub fn token_bucket(e: &Engine) {
 /// come back, and none is held at the end.
 pub fn concurrency_with_killed_host(e: &Engine) {
     let hosts = Hosts::new(3);
-    let lease = 2.0;
+    let lease = 3.0;
     let secs = 5.0;
     let prefix = unique_prefix("xhost-conc");
     let dir = scratch("xhost-conc");

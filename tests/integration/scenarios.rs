@@ -196,7 +196,7 @@ pub fn concurrency_cap(t: &Target) {
 /// A process holding all 5 slots is killed with SIGKILL: they come back within lease + 1 s.
 pub fn killed_holder(t: &Target) {
     let dir = scratch("kill");
-    let lease = 2.0;
+    let lease = 3.0;
     let config = write_config(
         &dir,
         &t.config(
