@@ -369,12 +369,13 @@ impl Engine for MemoryEngine {
     }
 
     fn release_lease_now(&self, ctx: Ctx<'_>, holder: &HolderId) -> Option<bool> {
+        let now = self.now();
         let released = {
             let mut shard = self.shard(ctx.key.encoded());
-            shard
-                .map
-                .get_mut(ctx.key.encoded())
-                .is_some_and(|e| lease::release(&mut e.leases, holder.as_str()))
+            let entry = shard.entry(ctx.key.encoded(), now);
+            let released = lease::release(&mut entry.leases, holder.as_str(), now);
+            entry.refresh_idle(None, now);
+            released
         };
         if released {
             self.releases.notify(ctx.key.encoded());
@@ -393,8 +394,7 @@ impl Engine for MemoryEngine {
             .map
             .get(ctx.key.encoded())
             .map(|e| {
-                e.leases
-                    .iter()
+                lease::holders(&e.leases)
                     .filter(|l| l.expires_at > now)
                     .map(|l| l.expires_at)
                     .collect::<Vec<_>>()

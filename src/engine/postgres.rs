@@ -41,7 +41,13 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 /// The migrations, in order: (version, SQL with `__SCHEMA__` for the schema).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../engines/postgres/001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../engines/postgres/001_init.sql")),
+    (2, include_str!("../../engines/postgres/002_fences.sql")),
+];
+
+/// How long a released holder stays fenced (see [`crate::lease::FENCE_NS`]).
+const FENCE_US: i64 = (crate::lease::FENCE_NS / 1000) as i64;
 
 /// Idle rows deleted per table by one sweep call; a sweep repeats while full.
 const SWEEP_BATCH: i32 = 5_000;
@@ -86,7 +92,7 @@ impl Statements {
             rate_state: format!("SELECT now_us, tat, grants FROM {s}.rate_state($1)"),
             lease_acquire: format!("SELECT acquired, n FROM {s}.lease_acquire($1, $2, $3, $4)"),
             lease_renew: format!("SELECT {s}.lease_renew($1, $2, $3)"),
-            lease_release: format!("SELECT {s}.lease_release($1, $2)"),
+            lease_release: format!("SELECT {s}.lease_release($1, $2, $3)"),
             lease_state: format!("SELECT now_us, holders, first_expiry FROM {s}.lease_state($1)"),
             sweep: format!("SELECT {s}.sweep($1)"),
         }
@@ -598,7 +604,10 @@ impl Engine for PostgresEngine {
     async fn release_lease(&self, ctx: Ctx<'_>, holder: &HolderId) -> Result<bool, BackendError> {
         let key = self.key(&ctx);
         let row = self
-            .one(&self.sql.lease_release, &[&key, &holder.as_str()])
+            .one(
+                &self.sql.lease_release,
+                &[&key, &holder.as_str(), &FENCE_US],
+            )
             .await?;
         Ok(row.get(0))
     }

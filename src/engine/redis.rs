@@ -12,7 +12,8 @@
 //! Keys are `{prefix}:{<encoded key>}:<kind>` where the braces are a Redis
 //! Cluster hash tag, so every key of one limiter key lands in one slot:
 //! `r` holds a bucket's TAT or a window's grant list, `c` the concurrency
-//! leases. The encoded key uses only `[-_=.a-zA-Z0-9]` (see [`crate::StateKey`]),
+//! leases, `f` the fences of holders released before their acquire arrived
+//! (see [`crate::lease::FENCE_NS`]). The encoded key uses only `[-_=.a-zA-Z0-9]` (see [`crate::StateKey`]),
 //! so it can neither contain a brace nor collide with another key. Releases are
 //! published on `{prefix}:released:<encoded key>`; one pattern subscription
 //! per engine feeds the in-process [`ReleaseHub`].
@@ -183,6 +184,11 @@ impl RedisEngine {
         format!("{}:{{{}}}:c", self.prefix, ctx.key.encoded())
     }
 
+    /// The fences of released holders (see `lease_release.lua`).
+    fn fence_key(&self, ctx: &Ctx<'_>) -> String {
+        format!("{}:{{{}}}:f", self.prefix, ctx.key.encoded())
+    }
+
     fn channel_prefix(&self) -> String {
         format!("{}:released:", self.prefix)
     }
@@ -330,6 +336,7 @@ impl Engine for RedisEngine {
             .scripts
             .lease_acquire
             .key(self.lease_key(&ctx))
+            .key(self.fence_key(&ctx))
             .arg(holder.as_str())
             .arg(us(spec.lease))
             .arg(spec.max)
@@ -371,8 +378,10 @@ impl Engine for RedisEngine {
             .scripts
             .lease_release
             .key(self.lease_key(&ctx))
+            .key(self.fence_key(&ctx))
             .arg(holder.as_str())
             .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded()))
+            .arg(crate::lease::FENCE_NS / 1000)
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;

@@ -72,6 +72,7 @@ pub async fn run_all(name: &str, engine: &dyn Engine, scope: &str) {
     }
     windows_are_exact(engine, scope).await;
     leases_cap_renew_release_and_expire(engine, scope).await;
+    a_release_fences_a_late_acquire(engine, scope).await;
     println!("{name}: engine contract holds");
 }
 
@@ -265,5 +266,41 @@ async fn leases_cap_renew_release_and_expire(e: &dyn Engine, scope: &str) {
         "an expired lease was renewed"
     );
     assert!(e.release_lease(ctx(), &a).await.unwrap());
+    assert_eq!(e.lease_state(ctx(), &spec).await.unwrap().holders, 0);
+}
+
+/// A caller that gave up on a slot request at `response_timeout` releases
+/// at once, and that release may reach the store before the request does
+/// (another connection). The store must then refuse the late request for
+/// that holder, or the slot stays held with nobody to release it.
+async fn a_release_fences_a_late_acquire(e: &dyn Engine, scope: &str) {
+    let key = StateKey::new(scope).child("fence");
+    let metrics = Metrics::new();
+    let ctx = || Ctx {
+        key: &key,
+        metrics: &metrics,
+    };
+    let spec = ConcurrencySpec {
+        max: 1,
+        lease: Duration::from_secs(30),
+    };
+    let late = HolderId::new();
+    assert!(
+        !e.release_lease(ctx(), &late).await.unwrap(),
+        "the holder held nothing yet"
+    );
+    match e.acquire_lease(ctx(), &late, &spec).await.unwrap() {
+        LeaseOutcome::Full { .. } => {}
+        other => panic!("an acquire that arrived after its release took a slot: {other:?}"),
+    }
+    let st = e.lease_state(ctx(), &spec).await.unwrap();
+    assert_eq!(st.holders, 0, "the fence holds no slot");
+    // Other holders are unaffected.
+    let other = HolderId::new();
+    assert!(matches!(
+        e.acquire_lease(ctx(), &other, &spec).await.unwrap(),
+        LeaseOutcome::Acquired { holders: 1 }
+    ));
+    assert!(e.release_lease(ctx(), &other).await.unwrap());
     assert_eq!(e.lease_state(ctx(), &spec).await.unwrap().holders, 0);
 }

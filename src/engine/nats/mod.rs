@@ -505,7 +505,7 @@ async fn listen(
                     };
                     let held = match entry.operation {
                         kv::Operation::Put => State::decode(&entry.value)
-                            .map(|s| s.into_leases().len())
+                            .map(|s| lease::holders(&s.into_leases()).count())
                             .unwrap_or(0),
                         _ => 0,
                     };
@@ -660,13 +660,12 @@ impl Engine for NatsEngine {
 
     async fn release_lease(&self, ctx: Ctx<'_>, holder: &HolderId) -> Result<bool, BackendError> {
         let key = self.key("c", &ctx);
-        self.decide(&ctx, &key, |state, _| {
+        // Always a write: freeing a slot, or fencing a holder that held
+        // none, so an acquire of it still on its way fails its compare-and-set.
+        self.decide(&ctx, &key, |state, now| {
             let mut leases = state.into_leases();
-            if lease::release(&mut leases, holder.as_str()) {
-                Step::Write(State::Leases { leases }, true)
-            } else {
-                Step::Keep(false)
-            }
+            let released = lease::release(&mut leases, holder.as_str(), now);
+            Step::Write(State::Leases { leases }, released)
         })
         .await
     }
@@ -682,10 +681,9 @@ impl Engine for NatsEngine {
         let mut leases = state.into_leases();
         lease::expire(&mut leases, now);
         Ok(ConcurrencyState {
-            holders: leases.len() as u32,
+            holders: lease::holders(&leases).count() as u32,
             max: spec.max,
-            next_expiry: leases
-                .iter()
+            next_expiry: lease::holders(&leases)
                 .map(|l| l.expires_at)
                 .min()
                 .map(|e| Duration::from_nanos(e.saturating_sub(now))),
