@@ -40,7 +40,7 @@ async fn main() -> ratesync::Result<()> {
         cooldown_seconds: 60.0,
         ..AlertConfig::default()
     }
-    .with_env_overrides();
+    .with_env_overrides()?;
     println!(
         "checking every {} s: critical mean wait {} ms, warning at {} timeouts per interval",
         config.interval_seconds,

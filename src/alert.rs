@@ -35,6 +35,7 @@
 //! ```
 
 use crate::config::Config;
+use crate::duration::{parse_seconds, seconds, Range};
 use crate::error::ConfigError;
 use crate::metrics::MetricsSnapshot;
 use crate::registry::Registry;
@@ -234,10 +235,45 @@ impl AlertConfig {
                 "must be a positive number of seconds",
             ));
         }
-        if !(self.cooldown_seconds.is_finite() && self.cooldown_seconds >= 0.0) {
-            return Err(err("cooldown_seconds", "must be a number of seconds >= 0"));
-        }
         let c = &self.channels;
+        let timeouts = [
+            (
+                "channels.webhook.timeout_seconds",
+                c.webhook.as_ref().and_then(|w| w.timeout_seconds),
+            ),
+            (
+                "channels.slack.timeout_seconds",
+                c.slack.as_ref().and_then(|w| w.timeout_seconds),
+            ),
+            (
+                "channels.pagerduty.timeout_seconds",
+                c.pagerduty.as_ref().and_then(|w| w.timeout_seconds),
+            ),
+            (
+                "channels.email.timeout_seconds",
+                c.email.as_ref().and_then(|w| w.timeout_seconds),
+            ),
+        ];
+        // Ticks more often than every 10 ms measure nothing but noise.
+        let durations = [
+            (
+                "interval_seconds",
+                Some(self.interval_seconds),
+                Range::at_least(0.01),
+            ),
+            (
+                "cooldown_seconds",
+                Some(self.cooldown_seconds),
+                Range::ZERO_OR_MORE,
+            ),
+        ]
+        .into_iter()
+        .chain(timeouts.map(|(k, v)| (k, v, Range::at_least(0.001))));
+        for (key, value, range) in durations {
+            if let Some(v) = value {
+                seconds(v, range).map_err(|m| err(key, &m))?;
+            }
+        }
         let on = |enabled: bool| enabled;
         if let Some(w) = c.webhook.as_ref().filter(|w| on(w.enabled)) {
             if w.url.as_ref().is_none_or(Secret::is_empty) {
@@ -287,26 +323,49 @@ impl AlertConfig {
         Ok(())
     }
 
-    /// Applies the environment variables `RATE_SYNC_ALERT_INTERVAL`
-    /// (seconds), `RATE_SYNC_MAX_AVG_WAIT_MS` (the critical mean wait) and
-    /// `RATE_SYNC_MAX_TIMEOUTS` (timeouts per interval), where set.
-    pub fn with_env_overrides(mut self) -> Self {
-        let num = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse::<f64>().ok())
+    /// Applies the environment variables `RATESYNC_ALERT_INTERVAL`
+    /// (seconds), `RATESYNC_MAX_AVG_WAIT_MS` (the critical mean wait) and
+    /// `RATESYNC_MAX_TIMEOUTS` (timeouts per interval), where set; the
+    /// older spellings `RATE_SYNC_*` are read when the new ones are unset.
+    /// A value that is not a number in range is an error naming the variable.
+    pub fn with_env_overrides(self) -> std::result::Result<Self, ConfigError> {
+        self.with_overrides_from(&|name| std::env::var(name).ok())
+    }
+
+    /// [`with_env_overrides`](Self::with_env_overrides) reading variables
+    /// through `env`.
+    pub fn with_overrides_from(
+        mut self,
+        env: crate::config::EnvLookup<'_>,
+    ) -> std::result::Result<Self, ConfigError> {
+        let read = |name: &str| -> Option<(String, String)> {
+            let old = format!("RATE_SYNC_{}", &name["RATESYNC_".len()..]);
+            env(name)
+                .map(|v| (name.to_string(), v))
+                .or_else(|| env(&old).map(|v| (old, v)))
         };
-        if let Some(v) = num("RATE_SYNC_ALERT_INTERVAL").filter(|v| *v > 0.0) {
-            self.interval_seconds = v;
+        let bad = |var: &str, m: String| ConfigError::new("(environment)", var, m);
+        let number = |name: &str| -> std::result::Result<Option<f64>, ConfigError> {
+            let Some((var, v)) = read(name) else {
+                return Ok(None);
+            };
+            match v.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+                _ => Err(bad(&var, format!("must be a number >= 0, got {v:?}"))),
+            }
+        };
+        if let Some((var, v)) = read("RATESYNC_ALERT_INTERVAL") {
+            let d = parse_seconds(&v, Range::at_least(0.01)).map_err(|m| bad(&var, m))?;
+            self.interval_seconds = d.as_secs_f64();
         }
-        if let Some(v) = num("RATE_SYNC_MAX_AVG_WAIT_MS").filter(|v| *v >= 0.0) {
+        if let Some(v) = number("RATESYNC_MAX_AVG_WAIT_MS")? {
             self.thresholds.avg_wait_ms_critical = v;
             self.thresholds.avg_wait_ms_warning = self.thresholds.avg_wait_ms_warning.min(v);
         }
-        if let Some(v) = num("RATE_SYNC_MAX_TIMEOUTS").filter(|v| *v >= 0.0) {
+        if let Some(v) = number("RATESYNC_MAX_TIMEOUTS")? {
             self.thresholds.timeouts_per_interval = v as u64;
         }
-        self
+        Ok(self)
     }
 }
 

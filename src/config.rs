@@ -17,6 +17,7 @@
 //! line and column), then each store and limiter is deserialised on its own
 //! and validated.
 
+use crate::duration::{seconds, Range};
 use crate::error::ConfigError;
 use crate::gcra::Gcra;
 use crate::window::SlidingWindow;
@@ -31,6 +32,21 @@ pub const DEFAULT_STORE: &str = "memory";
 
 /// The default lease of a concurrency slot whose holder vanished.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The highest token-bucket rate: one grant per nanosecond, the finest the
+/// engines' clocks tell apart.
+pub const MAX_RATE: f64 = 1e9;
+
+/// Engines that compute in whole microseconds (Redis and PostgreSQL) take
+/// token-bucket rates up to this; a faster rate would round to it silently.
+pub const MAX_RATE_MICROSECOND_ENGINES: f64 = 1e6;
+
+/// NATS keeps a sliding window's grants in one KV value (8 bytes each)
+/// under the server's 1 MiB payload limit.
+pub const MAX_NATS_WINDOW_LIMIT: u32 = 100_000;
+
+/// NATS keeps a key's holders in one KV value (about 40 bytes each).
+pub const MAX_NATS_CONCURRENT: u32 = 20_000;
 
 /// The shortest lease any store accepts. A holder renews every third of its
 /// lease; below a second, a descheduled process or a GC pause outlives the
@@ -145,7 +161,7 @@ impl StoreConfig {
     /// The bound on one backend request.
     pub fn response_timeout(&self) -> Duration {
         self.response_timeout
-            .and_then(positive_duration)
+            .and_then(|s| seconds(s, Range::POSITIVE).ok())
             .unwrap_or(Duration::from_secs(2))
     }
 
@@ -155,7 +171,7 @@ impl StoreConfig {
     /// the whole registry for that helps nobody.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
-            .and_then(positive_duration)
+            .and_then(|s| seconds(s, Range::POSITIVE).ok())
             .unwrap_or(Duration::from_secs(10))
     }
 
@@ -182,14 +198,14 @@ impl StoreConfig {
     /// NATS: how long an untouched key is kept.
     pub fn max_age(&self) -> Duration {
         self.max_age_seconds
-            .and_then(positive_duration)
+            .and_then(|s| seconds(s, Range::POSITIVE).ok())
             .unwrap_or(Duration::from_secs(86_400))
     }
 
     /// Postgres: the time between sweeps of idle rows.
     pub fn sweep_interval(&self) -> Duration {
         self.sweep_seconds
-            .and_then(positive_duration)
+            .and_then(|s| seconds(s, Range::POSITIVE).ok())
             .unwrap_or(Duration::from_secs(30))
     }
 }
@@ -550,7 +566,58 @@ pub(crate) fn check_against_store(
     store: &StoreConfig,
 ) -> Result<(), ConfigError> {
     check_state_lifetime(source, name, spec, store)?;
-    check_lease(source, name, spec, store)
+    check_lease(source, name, spec, store)?;
+    check_engine_range(source, name, spec, store)
+}
+
+/// What one engine cannot store exactly is refused, naming the field and
+/// the supported range, rather than rounded or left to fail per request.
+fn check_engine_range(
+    source: &str,
+    name: &str,
+    spec: &LimiterSpec,
+    store: &StoreConfig,
+) -> Result<(), ConfigError> {
+    let err =
+        |key: &str, msg: String| ConfigError::new(source, format!("limiters.{name}.{key}"), msg);
+    let engine = store.engine.as_str();
+    match (store.engine, spec.rate) {
+        (EngineKind::Redis | EngineKind::Postgres, Some(RateSpec::TokenBucket(g)))
+            if g.emission_ns() < 1_000 =>
+        {
+            return Err(err(
+                "rate_per_second",
+                format!(
+                    "must be at most {MAX_RATE_MICROSECOND_ENGINES:e} with store `{}` (engine {engine} counts whole microseconds), got {:.0}; use the memory or nats engine for faster rates",
+                    spec.store,
+                    1e9 / g.emission_ns() as f64
+                ),
+            ))
+        }
+        (EngineKind::Nats, Some(RateSpec::SlidingWindow(w))) if w.limit() > MAX_NATS_WINDOW_LIMIT => {
+            return Err(err(
+                "limit",
+                format!(
+                    "must be at most {MAX_NATS_WINDOW_LIMIT} with store `{}` (engine nats keeps a window's grants in one value under the 1 MiB payload limit), got {}; use a token bucket or another engine",
+                    spec.store,
+                    w.limit()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    if let (EngineKind::Nats, Some(c)) = (store.engine, spec.concurrency) {
+        if c.max > MAX_NATS_CONCURRENT {
+            return Err(err(
+                "max_concurrent",
+                format!(
+                    "must be at most {MAX_NATS_CONCURRENT} with store `{}` (engine nats keeps a key's holders in one value under the 1 MiB payload limit), got {}",
+                    spec.store, c.max
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A network store's lease must outlast one renewal (see [`LEASE_PER_RESPONSE_TIMEOUT`]).
@@ -651,17 +718,29 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             ));
         }
     }
-    for (key, value) in [
-        ("response_timeout", store.response_timeout),
-        ("connect_timeout", store.connect_timeout),
+    // A request needs a millisecond on the fastest loopback; a sweep less
+    // often than every 10 ms is all a sweep needs; a bucket forgets keys no
+    // sooner than a second.
+    for (key, value, range) in [
+        (
+            "response_timeout",
+            store.response_timeout,
+            Range::at_least(0.001),
+        ),
+        (
+            "connect_timeout",
+            store.connect_timeout,
+            Range::at_least(0.001),
+        ),
+        ("sweep_seconds", store.sweep_seconds, Range::at_least(0.01)),
+        (
+            "max_age_seconds",
+            store.max_age_seconds,
+            Range::at_least(1.0),
+        ),
     ] {
         if let Some(t) = value {
-            if positive_duration(t).is_none() {
-                return Err(err(
-                    key,
-                    format!("must be a positive number of seconds, got {t}"),
-                ));
-            }
+            seconds(t, range).map_err(|m| err(key, m))?;
         }
     }
     use EngineKind::{Nats, Postgres, Redis};
@@ -711,14 +790,6 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
     if store.max_cas_retries == Some(0) {
         return Err(err("max_cas_retries", "must be >= 1, got 0".into()));
     }
-    if let Some(t) = store.max_age_seconds {
-        if positive_duration(t).is_none() {
-            return Err(err(
-                "max_age_seconds",
-                format!("must be a positive number of seconds, got {t}"),
-            ));
-        }
-    }
     if store.engine == Nats {
         if let Some(p) = &store.key_prefix {
             if p.contains(':') || p.starts_with('.') || p.ends_with('.') || p.contains("..") {
@@ -745,14 +816,6 @@ fn validate_store(source: &str, path: &str, store: &StoreConfig) -> Result<(), C
             return Err(err(
                 "schema",
                 format!("must be a lower-case SQL name ([a-z_][a-z0-9_]*, at most 50 characters), got {schema:?}"),
-            ));
-        }
-    }
-    if let Some(t) = store.sweep_seconds {
-        if positive_duration(t).is_none() {
-            return Err(err(
-                "sweep_seconds",
-                format!("must be a positive number of seconds, got {t}"),
             ));
         }
     }
@@ -924,6 +987,22 @@ fn validate_limiter(
                     let burst = u32::try_from(burst).map_err(|_| {
                         err("burst", format!("must be <= {}, got {burst}", u32::MAX))
                     })?;
+                    if rate > MAX_RATE {
+                        return Err(err(
+                            "rate_per_second",
+                            format!("must be at most {MAX_RATE:e} (one grant per nanosecond), got {rate}"),
+                        ));
+                    }
+                    let refill = f64::from(burst) / rate;
+                    if refill > crate::duration::MAX_SECONDS {
+                        return Err(err(
+                            "burst",
+                            format!(
+                                "with rate_per_second = {rate}, the bucket takes {refill:.3e} s to refill; burst / rate_per_second must be at most {} s (10 years): lower burst or raise the rate",
+                                crate::duration::MAX_SECONDS
+                            ),
+                        ));
+                    }
                     let gcra = Gcra::new(rate, burst)
                         .ok_or_else(|| err("rate_per_second", format!("cannot be used: {rate}")))?;
                     Some(RateSpec::TokenBucket(gcra))
@@ -950,12 +1029,7 @@ fn validate_limiter(
             let window = lim
                 .window_seconds
                 .ok_or_else(|| err("window_seconds", "is required for a sliding window".into()))?;
-            let window = positive_duration(window).ok_or_else(|| {
-                err(
-                    "window_seconds",
-                    format!("must be a positive number of seconds, got {window}"),
-                )
-            })?;
+            let window = seconds(window, Range::POSITIVE).map_err(|m| err("window_seconds", m))?;
             let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
             let w = SlidingWindow::new(limit, ns).ok_or_else(|| {
                 err(
@@ -986,12 +1060,9 @@ fn validate_limiter(
             })?;
             let lease = match lim.lease_seconds {
                 None => DEFAULT_LEASE,
-                Some(s) => positive_duration(s).ok_or_else(|| {
-                    err(
-                        "lease_seconds",
-                        format!("must be a positive number of seconds, got {s}"),
-                    )
-                })?,
+                // Any positive value here; the minimum below explains itself.
+                Some(s) => seconds(s, Range::at_least(f64::MIN_POSITIVE))
+                    .map_err(|m| err("lease_seconds", m))?,
             };
             if lease < MIN_LEASE {
                 return Err(err(
@@ -1017,13 +1088,7 @@ fn validate_limiter(
 
     let timeout = match lim.timeout {
         None => None,
-        Some(0.0) => Some(Duration::ZERO),
-        Some(t) => Some(positive_duration(t).ok_or_else(|| {
-            err(
-                "timeout",
-                format!("must be a number of seconds >= 0, got {t}"),
-            )
-        })?),
+        Some(t) => Some(seconds(t, Range::ZERO_OR_MORE).map_err(|m| err("timeout", m))?),
     };
 
     Ok(LimiterSpec {
@@ -1043,12 +1108,6 @@ pub(crate) fn validate_registered(
     known_stores: &[String],
 ) -> Result<LimiterSpec, ConfigError> {
     validate_limiter("<registered>", name, lim, store_exists, known_stores)
-}
-
-fn positive_duration(secs: f64) -> Option<Duration> {
-    (secs.is_finite() && secs > 0.0)
-        .then(|| Duration::try_from_secs_f64(secs).ok())
-        .flatten()
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

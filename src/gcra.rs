@@ -56,10 +56,16 @@ pub struct BucketState {
 impl Gcra {
     /// A bucket refilled at `rate_per_second` holding at most `burst` tokens.
     ///
-    /// Returns `None` for a rate that is not finite and positive or a burst of 0;
-    /// the configuration layer turns that into an error naming the field.
+    /// Returns `None` for a rate that is not finite and positive, a burst of
+    /// 0, or a bucket whose refill time (`burst / rate`) passes a quarter of
+    /// `u64` nanoseconds (about 146 years): its tolerance would saturate and
+    /// admit without limit. The configuration layer turns that into an
+    /// error naming the field (and allows at most 10 years).
     pub fn new(rate_per_second: f64, burst: u32) -> Option<Self> {
         if !(rate_per_second.is_finite() && rate_per_second > 0.0) || burst == 0 {
+            return None;
+        }
+        if f64::from(burst) * 1e9 / rate_per_second > (u64::MAX / 4) as f64 {
             return None;
         }
         let emission = (1e9 / rate_per_second).ceil();
@@ -299,6 +305,68 @@ mod tests {
                 prop_assert!(seen as f64 <= allowed + 1e-9,
                     "{seen} grants in {len} ns, allowed {allowed} (rate {rate}, burst {burst})");
             }
+        }
+
+        /// At the extremes: rates log-uniform over 1e-9..1e9 per second,
+        /// bursts up to 1e6, clocks from zero through today's Unix
+        /// nanoseconds up to 2^63, waits up to the 10 years any setting
+        /// allows. Every bucket `new` accepts keeps the exact bound over
+        /// every interval; the rest are refused. (The domain: engine clocks
+        /// below 2^63 ns, ~292 years; then no TAT can pass u64.)
+        #[test]
+        fn never_over_admits_at_the_extremes(
+            log_rate in -9.0f64..9.0,
+            burst in prop_oneof![1u32..4, 2u32..200, 1u32..1_000_000],
+            start in prop_oneof![Just(1_700_000_000_000_000_000u64), Just(1u64 << 62), 0u64..(1u64 << 62)],
+            steps in proptest::collection::vec((prop_oneof![0u64..3, 0u64..3_000], 0u64..4_000), 1..300),
+        ) {
+            let rate = 10f64.powf(log_rate);
+            let Some(g) = Gcra::new(rate, burst) else {
+                // Refused only when the refill time passes u64::MAX / 4 ns.
+                prop_assert!(f64::from(burst) * 1e9 / rate > (u64::MAX / 4) as f64 * 0.999);
+                return Ok(());
+            };
+            let e = g.emission_ns();
+            let mut now = start;
+            const TEN_YEARS_NS: u64 = 315_360_000 * SEC;
+            let arrivals: Vec<(u64, u64)> = steps
+                .iter()
+                .map(|&(gap, wait)| {
+                    // Gaps and waits in thousandths of an emission interval.
+                    now = now.saturating_add(e / 1000 * gap + gap);
+                    (now, (e / 1000).saturating_mul(wait).min(TEN_YEARS_NS))
+                })
+                .take_while(|&(t, _)| t < 1 << 63)
+                .collect();
+            let grants = run(&g, &arrivals);
+            // Exact: grants i..=j need (count - burst) emissions between them.
+            for i in 0..grants.len() {
+                for j in i..grants.len() {
+                    let count = (j - i + 1) as i128;
+                    let need = (count - i128::from(burst)) * i128::from(e);
+                    prop_assert!(
+                        i128::from(grants[j] - grants[i]) >= need,
+                        "{count} grants in {} ns (rate {rate}, burst {burst}, T {e} ns)",
+                        grants[j] - grants[i]
+                    );
+                }
+            }
+        }
+
+        /// Buckets whose refill time nears or passes u64 nanoseconds (where
+        /// the tolerance saturated and once admitted without limit: rate
+        /// 1e-7/s, burst 2000 granted 2100 of 2100): refused, or exact.
+        #[test]
+        fn huge_refill_times_are_refused_or_exact(
+            burst in 2u32..300,
+            log2_refill in 58.0f64..67.0,
+            start in prop_oneof![Just(0u64), Just(1_700_000_000_000_000_000u64)],
+        ) {
+            let rate = f64::from(burst) * 1e9 / 2f64.powf(log2_refill);
+            let Some(g) = Gcra::new(rate, burst) else { return Ok(()) };
+            let arrivals: Vec<(u64, u64)> = (0..burst + 50).map(|_| (start, 0)).collect();
+            let granted = run(&g, &arrivals).len();
+            prop_assert!(granted <= burst as usize, "{granted} granted at once, burst {burst}, rate {rate}");
         }
 
         /// DESIGN.md §3.2: callers that wait (reserve) are admitted at exactly the rate.

@@ -54,6 +54,7 @@ pub mod alert;
 pub mod audit;
 mod compose;
 pub mod config;
+pub mod duration;
 pub mod engine;
 mod error;
 pub mod gcra;

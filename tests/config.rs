@@ -501,3 +501,103 @@ fn leases_have_a_sane_minimum() {
     )
     .expect("1 s on memory");
 }
+
+/// Rates, bursts, windows and holders an engine cannot keep exactly are
+/// refused at load, naming the field, the value and the supported range.
+#[test]
+fn arithmetic_edges_are_refused_at_load() {
+    // Tolerance past u64 nanoseconds: once admitted everything (2100 of 2100).
+    let e = err("[limiters.api]\nrate_per_second = 1e-7\nburst = 2000");
+    assert!(
+        e.starts_with("test.toml: limiters.api.burst: with rate_per_second = 0.0000001, the bucket takes 2.000e10 s to refill; burst / rate_per_second must be at most 315360000 s"),
+        "{e}"
+    );
+    assert_eq!(
+        err("[limiters.api]\nrate_per_second = 2e9"),
+        "test.toml: limiters.api.rate_per_second: must be at most 1e9 (one grant per nanosecond), got 2000000000"
+    );
+    let redis = "[stores.r]\nengine = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n";
+    assert_eq!(
+        err(&format!("{redis}[limiters.api]\nstore = \"r\"\nrate_per_second = 2e6")),
+        "test.toml: limiters.api.rate_per_second: must be at most 1e6 with store `r` (engine redis counts whole microseconds), got 2000000; use the memory or nats engine for faster rates"
+    );
+    parse_env(
+        &format!("{redis}[limiters.api]\nstore = \"r\"\nrate_per_second = 1e6"),
+        &[],
+    )
+    .expect("1e6/s fits whole microseconds");
+    let nats = "[stores.n]\nengine = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n";
+    assert_eq!(
+        err(&format!("{nats}[limiters.w]\nstore = \"n\"\nalgorithm = \"sliding_window\"\nlimit = 200000\nwindow_seconds = 1")),
+        "test.toml: limiters.w.limit: must be at most 100000 with store `n` (engine nats keeps a window's grants in one value under the 1 MiB payload limit), got 200000; use a token bucket or another engine"
+    );
+    assert_eq!(
+        err(&format!("{nats}[limiters.c]\nstore = \"n\"\nmax_concurrent = 30000")),
+        "test.toml: limiters.c.max_concurrent: must be at most 20000 with store `n` (engine nats keeps a key's holders in one value under the 1 MiB payload limit), got 30000"
+    );
+    // The same checks hold for limiters registered from code.
+    assert!(ratesync::gcra::Gcra::new(1e-7, 2000).is_none());
+}
+
+/// Every duration is checked once: infinities, 1.8e19 and microsecond
+/// request timeouts are refused with the field named, never a later panic.
+#[test]
+fn durations_are_checked_in_range() {
+    assert_eq!(
+        err("[limiters.api]\nrate_per_second = 1.0\ntimeout = 1e20"),
+        "test.toml: limiters.api.timeout: must be at most 315360000 (10 years) seconds, got 100000000000000000000"
+    );
+    assert_eq!(
+        err("[limiters.w]\nalgorithm = \"sliding_window\"\nlimit = 1\nwindow_seconds = inf"),
+        "test.toml: limiters.w.window_seconds: must be at most 315360000 (10 years) seconds, got inf"
+    );
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"redis://h\"\nresponse_timeout = 0.000001"),
+        "test.toml: stores.r.response_timeout: must be at least 0.001 seconds, got 0.000001"
+    );
+    assert_eq!(
+        err("[alerts]\ncooldown_seconds = 1.8e19"),
+        "test.toml: alerts.cooldown_seconds: must be at most 315360000 (10 years) seconds, got 18000000000000000000"
+    );
+    assert_eq!(
+        err("[alerts]\ninterval_seconds = 1e12"),
+        "test.toml: alerts.interval_seconds: must be at most 315360000 (10 years) seconds, got 1000000000000"
+    );
+    assert_eq!(
+        err("[alerts]\n[alerts.channels.webhook]\nurl = \"http://h/x\"\ntimeout_seconds = 1.8e19"),
+        "test.toml: alerts.channels.webhook.timeout_seconds: must be at most 315360000 (10 years) seconds, got 18000000000000000000"
+    );
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let base = ratesync::alert::AlertConfig::default;
+    assert_eq!(
+        base()
+            .with_overrides_from(&env(&[("RATE_SYNC_ALERT_INTERVAL", "inf")]))
+            .unwrap_err()
+            .to_string(),
+        "(environment): RATE_SYNC_ALERT_INTERVAL: must be at most 315360000 (10 years) seconds, got inf"
+    );
+    assert_eq!(
+        base()
+            .with_overrides_from(&env(&[("RATESYNC_ALERT_INTERVAL", "1s")]))
+            .unwrap_err()
+            .to_string(),
+        "(environment): RATESYNC_ALERT_INTERVAL: must be a number of seconds, got \"1s\""
+    );
+    let c = base()
+        .with_overrides_from(&env(&[
+            ("RATESYNC_ALERT_INTERVAL", "1"),
+            ("RATE_SYNC_ALERT_INTERVAL", "9"),
+        ]))
+        .unwrap();
+    assert_eq!(
+        c.interval_seconds, 1.0,
+        "the RATESYNC_ name wins over the old one"
+    );
+}

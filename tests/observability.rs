@@ -388,7 +388,9 @@ async fn env_variables_set_the_example_thresholds() {
     std::env::set_var("RATE_SYNC_ALERT_INTERVAL", "2");
     std::env::set_var("RATE_SYNC_MAX_AVG_WAIT_MS", "800");
     std::env::set_var("RATE_SYNC_MAX_TIMEOUTS", "7");
-    let c = ratesync::alert::AlertConfig::default().with_env_overrides();
+    let c = ratesync::alert::AlertConfig::default()
+        .with_env_overrides()
+        .unwrap();
     assert_eq!(c.interval_seconds, 2.0);
     assert_eq!(c.thresholds.avg_wait_ms_critical, 800.0);
     assert_eq!(c.thresholds.avg_wait_ms_warning, 800.0);

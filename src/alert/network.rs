@@ -5,11 +5,11 @@ use crate::secret::Secret;
 use async_trait::async_trait;
 use std::time::Duration;
 
+/// A channel's `timeout_seconds` (validated with the `[alerts]` table; an
+/// out-of-range value given to a channel directly falls back to `default`).
 fn timeout(secs: Option<f64>, default: f64) -> Duration {
-    Duration::from_secs_f64(
-        secs.filter(|s| s.is_finite() && *s > 0.0)
-            .unwrap_or(default),
-    )
+    secs.and_then(|s| crate::duration::seconds(s, crate::duration::Range::at_least(0.001)).ok())
+        .unwrap_or(Duration::from_secs_f64(default))
 }
 
 fn client(limit: Duration) -> reqwest::Client {

@@ -43,10 +43,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Mode::Acquire)]
     pub mode: Mode,
     /// Bound each acquire (seconds) instead of the limiter's own timeout.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::seconds_arg)]
     pub timeout: Option<f64>,
     /// Hold each permit this long (milliseconds), for concurrency limits.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::millis_arg)]
     pub hold_ms: f64,
     /// Also measure the engine's physical reference in this run and print
     /// ratesync's decision rate as a share of it.
@@ -77,7 +77,10 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         (t, 1.0)
     };
     match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        Ok(v) if v.is_finite() && v > 0.0 => {
+            ratesync::duration::seconds(v * scale, ratesync::duration::Range::POSITIVE)
+                .map_err(|m| format!("`{text}`: {m}"))
+        }
         _ => Err(format!(
             "`{text}` is not a duration; write for example 10s, 500ms or 2m"
         )),

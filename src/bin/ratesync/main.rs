@@ -11,6 +11,25 @@ use std::time::Duration;
 mod bench;
 mod worker;
 
+/// A command-line number of seconds (`--timeout 2.5`), checked like every
+/// duration in the configuration: `inf`, `1e20` and negatives are refused
+/// with a message, never a panic.
+pub(crate) fn seconds_arg(text: &str) -> Result<f64, String> {
+    ratesync::duration::parse_seconds(text, ratesync::duration::Range::ZERO_OR_MORE)
+        .map(|d| d.as_secs_f64())
+}
+
+/// A command-line number of milliseconds (`--hold-ms 20`), checked likewise.
+pub(crate) fn millis_arg(text: &str) -> Result<f64, String> {
+    let ms: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("must be a number of milliseconds, got {text:?}"))?;
+    ratesync::duration::seconds(ms / 1e3, ratesync::duration::Range::ZERO_OR_MORE)
+        .map(|_| ms)
+        .map_err(|m| format!("{m} (as milliseconds: {text})"))
+}
+
 #[derive(Parser)]
 #[command(
     name = "ratesync",
@@ -40,7 +59,7 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 1)]
         count: u32,
         /// Bound each wait (seconds) instead of the limiter's own timeout.
-        #[arg(long)]
+        #[arg(long, value_parser = seconds_arg)]
         timeout: Option<f64>,
         /// Never wait: report which permits were refused.
         #[arg(long = "try")]

@@ -45,20 +45,20 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 16)]
     pub tasks: usize,
     /// Seconds to run; a pending acquire is abandoned at the end.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::seconds_arg)]
     pub duration: f64,
     /// How permits are requested.
     #[arg(long, value_enum, default_value_t = Mode::Acquire)]
     pub mode: Mode,
     /// After a refused `try_acquire`, sleep this long (milliseconds; 0 asks
     /// again at once, which measures the engine's decision rate).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::millis_arg)]
     pub backoff_ms: f64,
     /// Hold each permit this long before releasing it (milliseconds).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::millis_arg)]
     pub hold_ms: f64,
     /// Bound each acquire (seconds) instead of the limiter's own timeout.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::seconds_arg)]
     pub timeout: Option<f64>,
     /// Start at this unix time (milliseconds), so workers begin together.
     #[arg(long)]
