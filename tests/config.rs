@@ -601,3 +601,63 @@ fn durations_are_checked_in_range() {
         "the RATESYNC_ name wins over the old one"
     );
 }
+
+/// Expanded values are data: a value with a quote and a newline cannot add
+/// a table, passwords with `"` and `\` arrive as written, and a value that is
+/// not a number cannot stand outside quotes.
+#[test]
+fn expanded_values_are_data_never_syntax() {
+    let text = "[stores.r]\nengine = \"redis\"\nurl = \"${REDIS_URL}\"\n[limiters.api]\nstore = \"r\"\nrate_per_second = 1";
+    let hostile = "redis://h:6379\"\n[limiters.extra]\nrate_per_second = 1000000\n#";
+    let c = parse_env(text, &[("REDIS_URL", hostile)]).expect("the value is only a url");
+    assert!(
+        !c.limiters.contains_key("extra"),
+        "a variable injected a table"
+    );
+    assert_eq!(c.limiters.len(), 1);
+    assert_eq!(c.stores["r"].url.as_ref().unwrap().expose(), hostile);
+    let pw = r#"p"a\ss'w
+ord"#;
+    let c = parse_env(
+        "[stores.r]\nengine = \"redis\"\nurl = \"redis://app:${PW}@127.0.0.1\"\n",
+        &[("PW", pw)],
+    )
+    .expect("any password fits in quotes");
+    let url = c.stores["r"].url.as_ref().unwrap().expose().to_string();
+    assert_eq!(
+        url,
+        format!("redis://app:{pw}@127.0.0.1"),
+        "the password arrives whole"
+    );
+    // Outside quotes: numbers and booleans only, naming the variable and key.
+    assert_eq!(
+        err_env("[limiters.api]\nrate_per_second = ${API_RATE}", &[("API_RATE", "abc")]),
+        "test.toml: line 2: `${API_RATE}` stands outside quotes, so its value must be a number or true/false, and API_RATE is \"abc\" (for `rate_per_second`); put it in quotes (\"${API_RATE}\") for text"
+    );
+    assert!(err_env(
+        "[limiters.api]\nrate_per_second = ${R}",
+        &[("R", "1\n[limiters.x]\nrate_per_second = 5")]
+    )
+    .contains("stands outside quotes"));
+    let ok = parse_env(
+        "[limiters.api]\nrate_per_second = ${R}\nburst = ${B}",
+        &[("R", "2.5"), ("B", " 4 ")],
+    )
+    .expect("numbers outside quotes");
+    assert!(ok.limiters.contains_key("api"));
+    // '...' strings cannot hold a quote: refused with the way out.
+    assert!(err_env(
+        "[stores.r]\nengine = 'redis'\nurl = '${U}'",
+        &[("U", "redis://h'x")]
+    )
+    .contains("cannot stand in a '...' string"));
+    // A trailing comment is not expanded.
+    parse_env("[limiters.api]\nrate_per_second = 1 # ${NOT_SET} here", &[])
+        .expect("comment left alone");
+}
+
+fn err_env(text: &str, env: &[(&str, &str)]) -> String {
+    parse_env(text, env)
+        .expect_err("the configuration should be rejected")
+        .to_string()
+}
