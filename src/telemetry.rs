@@ -249,15 +249,36 @@ impl PrometheusExporter {
     }
 
     /// Serves `GET /metrics` on `addr` until the returned handle is dropped
-    /// or aborted. Other paths answer 404.
+    /// or aborted, within the default [`ServeLimits`]. Other paths answer 404.
+    ///
+    /// Bind it to a loopback address (`127.0.0.1:9464`) unless the scraper
+    /// is elsewhere; the endpoint has no authentication, so expose it only
+    /// on a network you trust (or behind a proxy that authenticates).
     pub async fn serve(&self, addr: SocketAddr) -> Result<MetricsServer, TelemetryError> {
+        self.serve_with_limits(addr, ServeLimits::default()).await
+    }
+
+    /// Like [`serve`](Self::serve), with explicit limits.
+    pub async fn serve_with_limits(
+        &self,
+        addr: SocketAddr,
+        limits: ServeLimits,
+    ) -> Result<MetricsServer, TelemetryError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| TelemetryError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         let exporter = self.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         let task = tokio::spawn(async move {
             loop {
+                // At most `max_connections` at once: a client that opens
+                // sockets and never finishes a request cannot take the
+                // process's file descriptors (which the stores need to
+                // reconnect); further clients wait in the listen backlog.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -270,6 +291,7 @@ impl PrometheusExporter {
                 };
                 let exporter = exporter.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let service = hyper::service::service_fn(move |req: Request<_>| {
                         let exporter = exporter.clone();
                         async move {
@@ -288,16 +310,41 @@ impl PrometheusExporter {
                         }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "metrics connection ended");
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(io, service);
+                    match tokio::time::timeout(limits.connection_lifetime, connection).await {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended"),
+                        Ok(Ok(())) => {}
+                        Err(_) => tracing::debug!("metrics connection closed at its lifetime"),
                     }
                 });
             }
         });
         Ok(MetricsServer { addr: local, task })
+    }
+}
+
+/// Bounds on what clients of the `/metrics` endpoint can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once (default 64); more wait to be accepted.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, on a new or an idle
+    /// kept-alive connection (default 5 s): slow-loris clients are cut off.
+    pub header_timeout: std::time::Duration,
+    /// The longest a connection lives (default 60 s; a scraper reconnects).
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(5),
+            connection_lifetime: std::time::Duration::from_secs(60),
+        }
     }
 }
 

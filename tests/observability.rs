@@ -446,3 +446,53 @@ async fn snapshots_are_written_whole() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Clients that open connections and never finish a request (slow loris)
+/// are cut off at the header timeout, and cannot hold more than the cap:
+/// a real scrape is still answered.
+#[tokio::test]
+async fn metrics_endpoint_survives_slow_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reg = Registry::from_toml_str("[limiters.api]\nrate_per_second = 5\n")
+        .await
+        .unwrap();
+    let exporter = PrometheusExporter::new(&reg).unwrap();
+    let limits = ratesync::telemetry::ServeLimits {
+        max_connections: 4,
+        header_timeout: Duration::from_millis(300),
+        connection_lifetime: Duration::from_secs(30),
+    };
+    let server = exporter
+        .serve_with_limits("127.0.0.1:0".parse().unwrap(), limits)
+        .await
+        .unwrap();
+    let mut loris = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        s.write_all(b"GET /metr").await.unwrap(); // and never the rest
+        loris.push(s);
+    }
+    // The scrape waits for a slot, which the header timeout frees.
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), scrape)
+        .await
+        .expect("a scrape is answered while slow clients hold connections");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("ratesync_acquisitions_total"), "{body}");
+    // Every slow client was disconnected (end of stream, or a 408 first).
+    for mut s in loris {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+            .await
+            .expect("a slow client is cut off")
+            .ok();
+    }
+}
