@@ -661,3 +661,30 @@ fn err_env(text: &str, env: &[(&str, &str)]) -> String {
         .expect_err("the configuration should be rejected")
         .to_string()
 }
+
+/// The compose file publishes every service on loopback only, each with a
+/// password: a store open to the network lets anyone reset every limit.
+#[test]
+fn compose_services_are_private() {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .expect("docker-compose.yml");
+    let ports: Vec<&str> = compose
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ports:"))
+        .collect();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    for p in ports {
+        assert!(p.contains("\"127.0.0.1:"), "published beyond loopback: {p}");
+    }
+    assert!(!compose.contains("trust"), "postgres with trust auth");
+    assert!(
+        compose.contains("--requirepass"),
+        "redis without a password"
+    );
+    assert_eq!(
+        compose.matches("\"--pass\"").count(),
+        2,
+        "a NATS server without a password"
+    );
+}
