@@ -73,7 +73,7 @@ pub mod window;
 pub use compose::check_all;
 pub use config::{Config, FailureMode, LimiterConfig};
 pub use error::{BackendError, ConfigError, Error, Result};
-pub use key::{encode_part, hash_key, hash_key_with_secret, StateKey};
+pub use key::{encode_part, hash_key, hash_key_with_secret, StateKey, MAX_ENCODED_LEN};
 pub use limiter::{wait_for_releases, Limiter, LimiterState, Permit};
 pub use metrics::MetricsSnapshot;
 pub use registry::{acquire, default_registry, set_default_registry, try_acquire, Registry};

@@ -688,3 +688,78 @@ fn compose_services_are_private() {
         "a NATS server without a password"
     );
 }
+
+mod any_config {
+    use super::parse_env;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// Mostly sane numbers, with every extreme a careless operator writes.
+    fn number() -> impl Strategy<Value = String> {
+        let extreme = prop_oneof![
+            Just("0"),
+            Just("-1"),
+            Just("1e-300"),
+            Just("1e300"),
+            Just("inf"),
+            Just("nan"),
+            Just("-0.0"),
+            Just("4294967296"),
+            Just("18446744073709551615"),
+        ]
+        .prop_map(str::to_string);
+        prop_oneof![
+            1 => extreme,
+            2 => (-12.0f64..12.0).prop_map(|e| format!("{:e}", 10f64.powf(e))),
+            6 => (1u32..100).prop_map(|n| n.to_string()),
+        ]
+    }
+
+    fn limiter() -> impl Strategy<Value = String> {
+        let opt = |name: &'static str| {
+            proptest::option::of(number())
+                .prop_map(move |v| v.map_or(String::new(), |v| format!("{name} = {v}\n")))
+        };
+        let rate = prop_oneof![
+            (number(), opt("burst")).prop_map(|(r, b)| format!("rate_per_second = {r}\n{b}")),
+            (number(), number()).prop_map(|(l, w)| format!(
+                "algorithm = \"sliding_window\"\nlimit = {l}\nwindow_seconds = {w}\n"
+            )),
+            Just(String::new()),
+        ];
+        let cap = prop_oneof![
+            (number(), opt("lease_seconds"))
+                .prop_map(|(m, l)| format!("max_concurrent = {m}\n{l}")),
+            Just(String::new()),
+        ];
+        (
+            rate,
+            cap,
+            opt("timeout"),
+            prop_oneof![Just(""), Just("on_backend_error = \"fail_open\"\n")],
+        )
+            .prop_map(|(r, c, t, f)| format!("[limiters.x]\n{r}{c}{t}{f}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Whatever the numbers, a configuration is refused with an error or
+        /// accepted, and an accepted one's limiter decides without error.
+        #[test]
+        fn any_accepted_config_decides(text in limiter()) {
+            let Ok(config) = parse_env(&text, &[]) else { return Ok(()) };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let reg = ratesync::Registry::from_config(config).await.unwrap();
+                let lim = reg.limiter("x").unwrap();
+                let held = lim.try_acquire().await.unwrap();
+                let waited = lim.acquire_timeout(Duration::from_millis(1)).await;
+                assert!(waited.is_ok() || waited.as_ref().is_err_and(|e| e.is_timeout()), "{text}: {waited:?}");
+                lim.key("k").try_acquire().await.unwrap();
+                lim.state().await.unwrap();
+                drop((held, waited));
+            });
+        }
+    }
+}
