@@ -4,10 +4,10 @@
 //! stops, recovery notices follow. Run with `cargo run --example metrics_alert`.
 //!
 //! The thresholds come from the environment, as in production:
-//! `RATE_SYNC_ALERT_INTERVAL` (seconds between checks, default 5),
-//! `RATE_SYNC_MAX_AVG_WAIT_MS` (critical mean wait, default 1500) and
-//! `RATE_SYNC_MAX_TIMEOUTS` (timeouts per interval, default 3). The run lasts
-//! about five intervals; `RATE_SYNC_ALERT_INTERVAL=1` makes it quick.
+//! `RATESYNC_ALERT_INTERVAL` (seconds between checks, default 5),
+//! `RATESYNC_MAX_AVG_WAIT_MS` (critical mean wait, default 1500) and
+//! `RATESYNC_MAX_TIMEOUTS` (timeouts per interval, default 3). The run lasts
+//! about five intervals; `RATESYNC_ALERT_INTERVAL=1` makes it quick.
 
 use async_trait::async_trait;
 use ratesync::alert::{Alert, AlertConfig, AlertLoop, Channel};
