@@ -12,7 +12,7 @@
 //!
 //! Rounding always errs towards admitting *less*: the emission interval is
 //! rounded up to a whole nanosecond, so the grants in any interval of length
-//! `t` never exceed `burst + rate * t` (DESIGN.md §3.1).
+//! `t` never exceed `burst + rate * t` (docs/design.md, Promises: 1).
 
 use std::time::Duration;
 
@@ -288,7 +288,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
-        /// DESIGN.md §3.1: in every interval of length t, grants <= burst + rate * t.
+        /// Promise 1 (docs/design.md): in every interval of length t, grants <= burst + rate * t.
         #[test]
         fn never_over_admits(
             rate in prop_oneof![0.5f64..5.0, 5.0f64..500.0, 500.0f64..1e6],
@@ -369,7 +369,7 @@ mod tests {
             prop_assert!(granted <= burst as usize, "{granted} granted at once, burst {burst}, rate {rate}");
         }
 
-        /// DESIGN.md §3.2: callers that wait (reserve) are admitted at exactly the rate.
+        /// Promise 2 (docs/design.md): callers that wait (reserve) are admitted at exactly the rate.
         #[test]
         fn waiting_callers_get_the_full_rate(rate in 1.0f64..10_000.0, burst in 1u32..10) {
             let g = Gcra::new(rate, burst).unwrap();

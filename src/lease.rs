@@ -3,7 +3,7 @@
 //! A concurrency limiter's state is the set of current holders, each with the
 //! time its lease expires. Expired leases are dropped before every decision,
 //! so a holder that vanished (a process killed with `kill -9`) loses its slot
-//! once its lease runs out (DESIGN.md §3.6).
+//! once its lease runs out (docs/design.md, Leases).
 
 /// How long a release of a holder that held nothing fences that holder out:
 /// an `acquire` for it that reaches the store later (a request its caller

@@ -1,7 +1,7 @@
 //! Limiters and permits: waiting, timeouts, failure modes and metrics recording, once for every engine.
 //!
 //! A [`Limiter`] asks its engine for decisions and does everything around
-//! them: it sleeps until a reserved rate slot begins (DESIGN.md §3.4), waits
+//! them: it sleeps until a reserved rate slot begins (docs/design.md, Promises: 4), waits
 //! for a released concurrency slot, bounds all of it by a timeout, applies
 //! the limiter's failure mode when the store fails, and records metrics.
 

@@ -13,7 +13,7 @@ pub const WAIT_BUCKETS_MS: [f64; 14] = [
     0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
 
-/// The live counters of one limiter (DESIGN.md §4).
+/// The live counters of one limiter (README.md, Metrics).
 #[derive(Debug, Default)]
 pub struct Metrics {
     total_acquisitions: AtomicU64,

@@ -4,7 +4,7 @@
 //! older ones can no longer decide anything). A new grant at time `s` is
 //! allowed when fewer than `limit` grants lie in `(s - window, s]`. Grants are
 //! scheduled in non-decreasing order, so checking the window that *ends* at
-//! each new grant is enough to bound every window (DESIGN.md §3.1): any window
+//! each new grant is enough to bound every window (docs/design.md, Promises: 1): any window
 //! is contained in the one ending at its latest grant.
 //!
 //! Waiting callers reserve a future grant time the same way the token bucket
@@ -182,7 +182,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
-        /// DESIGN.md §3.1: never more than `limit` grants in any window.
+        /// Promise 1 (docs/design.md): never more than `limit` grants in any window.
         #[test]
         fn never_more_than_limit_in_any_window(
             limit in 1u32..10,

@@ -1,4 +1,4 @@
--- ratesync: reserve the earliest rate slot within max_wait (DESIGN.md §3.4).
+-- ratesync: reserve the earliest rate slot within max_wait (docs/design.md, Promises: 4).
 -- KEYS[1]  state key
 -- ARGV     kind, p1, p2 (see lib.lua), max_wait_us (-1: unbounded)
 -- Returns  {1, wait_us, slot_us} when reserved, {0, retry_after_us, now_us} when not.

@@ -1,7 +1,7 @@
 //! The async trait every engine implements, and the values its operations exchange.
 //!
 //! An engine owns the state of many limiters in one backend and makes each
-//! decision atomically there, with the backend's clock (DESIGN.md §3.5). It
+//! decision atomically there, with the backend's clock (docs/design.md, Promises: 5). It
 //! knows nothing of waiting, timeouts, metrics recording or failure modes:
 //! those live in [`Limiter`](crate::Limiter), once for every engine.
 //!
@@ -245,7 +245,7 @@ pub struct Ctx<'a> {
 
 /// One backend holding limiter state. Implemented by the memory, Redis, NATS
 /// and Postgres engines; each decision is atomic in the backend and, where the
-/// backend allows, one round trip (DESIGN.md §3.3).
+/// backend allows, one round trip (docs/design.md, Promises: 3).
 #[async_trait]
 pub trait Engine: Send + Sync + Debug + 'static {
     /// The engine kind (`memory`, `redis`, ...), for messages and logs.

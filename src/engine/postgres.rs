@@ -5,13 +5,13 @@
 //! so many processes starting together migrate once; `schema_version`
 //! records what was applied. Functions read the clock with
 //! `clock_timestamp()` after taking the row lock, so host clocks play no part
-//! (DESIGN.md §3.5), and work in integer microseconds like the Redis scripts.
+//! (docs/design.md, Promises: 5), and work in integer microseconds like the Redis scripts.
 //!
 //! Calls go through a deadpool pool of `pool_size` connections, each with its
 //! prepared statements cached. Rows are locked by the function itself (`FOR
 //! UPDATE` on the key's row; an advisory transaction lock per key for leases),
 //! never by a separate round trip. The tables are UNLOGGED: commits do not
-//! wait for a WAL flush (DESIGN.md §6), at the price that a server *crash*
+//! wait for a WAL flush (docs/design.md, Engine notes), at the price that a server *crash*
 //! empties them; a clean restart keeps them.
 //!
 //! Releases `pg_notify` the key's SHA-256 on `<schema>_released`; one

@@ -1,7 +1,7 @@
 //! The Redis engine: every decision is one EVALSHA of a Lua script, atomic on the server.
 //!
 //! The scripts live in `engines/redis/` and read the server's clock with
-//! `TIME`, so host clocks play no part in a decision (DESIGN.md §3.5). Each
+//! `TIME`, so host clocks play no part in a decision (docs/design.md, Promises: 5). Each
 //! script is `lib.lua` followed by its own body, because Redis has no script
 //! includes. [`redis::Script`] sends EVALSHA and loads the script on NOSCRIPT.
 //!

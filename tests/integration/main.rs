@@ -1,7 +1,7 @@
 //! Integration suite: every engine against its real service, with several OS processes.
 //!
 //! Each scenario starts `ratesync worker` processes that share one limiter,
-//! merges the grants they record and checks the invariants of DESIGN.md §3.
+//! merges the grants they record and checks the invariants of docs/design.md, Promises.
 //! A scenario whose service is unreachable is skipped with a loud message,
 //! or fails under `RATESYNC_REQUIRE_SERVICES=1` (as in CI).
 

@@ -309,7 +309,7 @@ fn contention_counts_every_conflict() {
     });
 }
 
-/// Debian's nats-server on 4222, as `../shared/ci/services.sh` starts it;
+/// Debian's nats-server on 4222, as CI starts it;
 /// override with `RATESYNC_NATS_STOP` / `RATESYNC_NATS_START`.
 const NATS_STOP: &str = "start-stop-daemon --stop --oknodo --retry 10 --exec /usr/sbin/nats-server";
 const NATS_START: &str = "mkdir -p /var/lib/nats-server && start-stop-daemon --start --oknodo --background \

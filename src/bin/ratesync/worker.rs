@@ -3,7 +3,7 @@
 //! Several workers, started together on one or many hosts, hammer one shared
 //! limiter and write every grant as a JSON line. A checker (the integration
 //! tests, `ratesync bench`) merges the files and verifies the invariants of
-//! DESIGN.md §3 over all of them. The worker therefore records facts, never
+//! docs/design.md ("Promises") over all of them. The worker therefore records facts, never
 //! verdicts: the backend's slot time of each grant, when the caller held it
 //! on the local clock, and how many holders a shared counter saw.
 

@@ -9,7 +9,7 @@
 //! `on_backend_error`. Revision 0 means "absent", so creating a key is the
 //! same call.
 //!
-//! Hot keys: DESIGN.md §6 measured that naive CAS collapses (16 tasks on one
+//! Hot keys: naive CAS collapses (docs/design.md, Engine notes: 16 tasks on one
 //! key: about 90% of attempts conflict). So at most one decision per key is
 //! in flight from a process (`KeyStripes`, src/engine/stripes.rs), and the value and revision this
 //! process last wrote are cached: the next decision tries its update on them
