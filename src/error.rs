@@ -74,10 +74,11 @@ impl Error {
     #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
     pub(crate) fn connect(store: &str, url: &str) -> impl Fn(String) -> Error {
         let (store, url) = (store.to_string(), url.to_string());
+        // A client's message may quote the URL it was given, password and all.
         move |message| Error::Connect {
             store: store.clone(),
             url: url.clone(),
-            message,
+            message: crate::secret::redact(&message),
         }
     }
 

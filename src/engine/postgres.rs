@@ -634,3 +634,40 @@ impl Engine for PostgresEngine {
         Ok(signal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+    #[derive(Debug)]
+    struct Inner;
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("db error")
+        }
+    }
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("ERROR: index row size 3000 exceeds btree version 4 maximum 2704 (password=hunter2)")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    impl std::error::Error for Inner {}
+
+    /// tokio-postgres says only `db error` and keeps the server's message in
+    /// the source: a backend error carries both, redacted.
+    #[test]
+    fn backend_errors_keep_their_cause() {
+        let e = backend(Outer(Inner));
+        assert_eq!(
+            e.message,
+            "db error: ERROR: index row size 3000 exceeds btree version 4 maximum 2704 (password=***)"
+        );
+    }
+}

@@ -249,7 +249,7 @@ fn bench_with_a_baseline_on_redis() {
     let config = write_config(
         &dir,
         &format!(
-            "{}[limiters.cap]\nstore = \"s\"\nrate_per_second = 1000000000\nburst = 1000000000\n",
+            "{}[limiters.cap]\nstore = \"s\"\nrate_per_second = 1000000\nburst = 1000000000\n",
             store(&unique_prefix("bench"))
         ),
     );
