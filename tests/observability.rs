@@ -20,6 +20,10 @@ fn series(scrape: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 async fn get(url: &str) -> String {
+    // reqwest is built without a crypto provider of its own; the alert
+    // channels install one, but this test must not depend on another
+    // having run first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
@@ -27,7 +31,8 @@ async fn get(url: &str) -> String {
 async fn metrics_endpoint_serves_exact_values() {
     let reg = Registry::from_toml_str(
         "[limiters.api]\nrate_per_second = 0.001\nburst = 5\nmax_concurrent = 3\n\
-         [limiters.slow]\nrate_per_second = 20\nburst = 1\n",
+         [limiters.slow]\nrate_per_second = 20\nburst = 1\n\
+         [limiters.per]\nrate_per_second = 100\n",
     )
     .await
     .unwrap();
@@ -50,6 +55,9 @@ async fn metrics_endpoint_serves_exact_values() {
     let slow = reg.limiter("slow").unwrap();
     drop(slow.acquire().await.unwrap());
     drop(slow.acquire().await.unwrap()); // waits ~50 ms for its slot
+                                         // A per-key limiter, whose key must not reach a label.
+    let per = reg.limiter("per").unwrap();
+    drop(per.key("user-4242-secret").try_acquire().await.unwrap());
 
     let scrape = get(&format!("http://{}/metrics", server.addr())).await;
     let v = |s: &str| series(&scrape, s).unwrap_or_else(|| panic!("no {s} in\n{scrape}"));
@@ -69,11 +77,46 @@ async fn metrics_endpoint_serves_exact_values() {
     assert_eq!(v(r#"ratesync_acquisitions_total{limiter="slow"}"#), 2.0);
     assert_eq!(v(r#"ratesync_wait_ms_bucket{limiter="slow",le="25"}"#), 1.0);
     assert_eq!(v(r#"ratesync_wait_ms_count{limiter="slow"}"#), 2.0);
+    // The second permit's slot was 50 ms after the first grant; it cannot
+    // have waited less than that, less the moment between the two calls.
+    // (No upper bound: a descheduled test process only waits longer.)
     let max_wait = v(r#"ratesync_max_wait_ms{limiter="slow"}"#);
-    assert!((40.0..400.0).contains(&max_wait), "{max_wait}");
+    assert!(max_wait >= 45.0, "{max_wait}");
     assert!(series(&scrape, r#"ratesync_max_concurrent{limiter="slow"}"#).is_none());
     // No per-key labels: cardinality stays with the limiter names.
+    assert_eq!(v(r#"ratesync_acquisitions_total{limiter="per"}"#), 1.0);
     assert!(!scrape.contains("key="), "{scrape}");
+    assert!(
+        !scrape.contains("user-4242"),
+        "a key reached the metrics:\n{scrape}"
+    );
+    // Exactly the documented series, and no other.
+    let names = exported_names();
+    for line in scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        assert!(
+            names.iter().any(|n| n == name),
+            "unexpected series {name}: {line}"
+        );
+    }
+    // The README's other promises of the endpoint, by value.
+    assert_eq!(
+        v(r#"ratesync_max_concurrent_reached_total{limiter="api"}"#),
+        0.0
+    );
+    let avg = v(r#"ratesync_avg_wait_ms{limiter="slow"}"#);
+    let sum = v(r#"ratesync_wait_ms_sum{limiter="slow"}"#);
+    assert!(
+        (avg - sum / 2.0).abs() < 1e-3,
+        "avg {avg} vs sum {sum} / 2 grants (both in ms, to the µs)"
+    );
+    assert!(
+        sum >= max_wait,
+        "the sum {sum} holds the longest wait {max_wait}"
+    );
     assert_eq!(
         get(&format!("http://{}/other", server.addr())).await.trim(),
         "not found; try /metrics"
@@ -417,8 +460,11 @@ async fn snapshots_are_written_whole() {
             "no snapshot written"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue; // not written yet
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // Not written yet; once written, a rename keeps it there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && whole_reads == 0 => continue,
+            Err(e) => panic!("reading the snapshot: {e}"),
         };
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["limiters"]["api"]["total_acquisitions"], 1);

@@ -56,6 +56,8 @@ pub fn check_report(json: &str) -> serde_json::Value {
 
 #[test]
 fn bench_on_memory_reports_the_limit_and_draws_it() {
+    // Its throughput floor needs the CPU the scenarios would take.
+    let _serial = serial();
     let dir = scratch("bench-memory");
     let config = write_config(
         &dir,

@@ -325,7 +325,7 @@ fn nats_restart_mid_run_follows_the_failure_mode_and_recovers() {
     {
         let msg = format!("cannot restart NATS at {url} from here (needs /usr/sbin/nats-server or $RATESYNC_NATS_START/STOP)");
         assert!(!services_required() || !url.contains("127.0.0.1"), "{msg}");
-        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        skip_notice(&msg);
         return;
     }
     let _serial = serial();
@@ -463,4 +463,11 @@ fn an_existing_bucket_is_raised_to_max_age() {
         long.close().await;
         again.close().await;
     });
+}
+
+#[test]
+fn an_acquire_dropped_mid_request_leaves_no_slot() {
+    require!(nats_url());
+    let _serial = serial();
+    scenarios::cancelled_mid_request_leaves_no_slot(&NATS);
 }

@@ -320,7 +320,7 @@ fn postgres_restart_mid_run_follows_the_failure_mode_and_recovers() {
             ratesync::engine::redact_url(&url)
         );
         assert!(!services_required() || !local, "{msg}");
-        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        skip_notice(&msg);
         return;
     }
     let _serial = serial();
@@ -357,8 +357,17 @@ fn tls_verifies_the_server_certificate() {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "on");
     // Debian's server certificate: self-signed, for `localhost`.
     let cert = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
-    if !ssl_on || !std::path::Path::new(cert).exists() || std::env::var("DATABASE_URL").is_ok() {
-        eprintln!("\n!!!!!!!! SKIPPED: TLS test needs the local server with ssl = on and {cert} !!!!!!!!\n");
+    if std::env::var("DATABASE_URL").is_ok() {
+        // The test is about the local server's own certificate.
+        skip_notice(
+            "the PostgreSQL TLS test runs against the local server only (DATABASE_URL is set)",
+        );
+        return;
+    }
+    if !ssl_on || !std::path::Path::new(cert).exists() {
+        skip_or_fail(&format!(
+            "the PostgreSQL TLS test needs the local server with ssl = on and {cert}"
+        ));
         return;
     }
     let _serial = serial();
@@ -403,4 +412,11 @@ fn many_hosts_share_one_limit() {
     };
     crate::cross_host::token_bucket(&engine);
     crate::cross_host::concurrency_with_killed_host(&engine);
+}
+
+#[test]
+fn an_acquire_dropped_mid_request_leaves_no_slot() {
+    require_postgres!();
+    let _serial = serial();
+    scenarios::cancelled_mid_request_leaves_no_slot(&POSTGRES);
 }

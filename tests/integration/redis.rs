@@ -131,7 +131,7 @@ fn redis_restart_mid_run_follows_the_failure_mode_and_recovers() {
             "cannot restart Redis at {url} from here (needs a local redis-server and redis-cli)"
         );
         assert!(!services_required() || !local, "{msg}");
-        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        skip_notice(&msg);
         return;
     }
     let _serial = serial();
@@ -179,6 +179,8 @@ fn many_hosts_share_one_limit() {
 fn hosts_sharing_a_cooldown_store_page_once() {
     use ratesync::alert::{AlertConfig, AlertKind, AlertLoop, Severity};
     require_redis!();
+    // The restart test stops Redis; this one must not run meanwhile.
+    let _serial = serial();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let toml = format!(
@@ -306,12 +308,16 @@ impl Drop for KillOnDrop {
 /// certificate on a free port.
 #[test]
 fn tls_verifies_the_server_certificate() {
+    // Its own redis-server wants the CPU like the scenarios do.
+    let _serial = serial();
     let (cert, key) = (
         "/etc/ssl/certs/ssl-cert-snakeoil.pem",
         "/etc/ssl/private/ssl-cert-snakeoil.key",
     );
     if !have("redis-server") || std::fs::read(cert).is_err() || std::fs::read(key).is_err() {
-        eprintln!("\n!!!!!!!! SKIPPED: the Redis TLS test needs redis-server and a readable {cert} and {key} (Debian's ssl-cert) !!!!!!!!\n");
+        skip_or_fail(&format!(
+            "the Redis TLS test needs redis-server and a readable {cert} and {key} (Debian's ssl-cert)"
+        ));
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -370,4 +376,11 @@ fn tls_verifies_the_server_certificate() {
         assert!(wrong.contains("tls_ca_file /nonexistent/ca.pem"), "{wrong}");
         println!("redis TLS: verified connection with tls_ca_file; without it: {refused}");
     });
+}
+
+#[test]
+fn an_acquire_dropped_mid_request_leaves_no_slot() {
+    require_redis!();
+    let _serial = serial();
+    scenarios::cancelled_mid_request_leaves_no_slot(&REDIS);
 }

@@ -58,18 +58,21 @@ pub fn bucket_run(
     let workers = spawn_workers(&config, &dir, procs, &opts, start_soon());
     let (grants, _) = collect(workers);
     let r = check_bucket(&grants, rate, burst, secs);
+    let late_max = check_use_times(&grants, rate, burst);
     let mut served: Vec<u64> = grants.iter().map(|g| g.worker).collect();
     served.sort_unstable();
     served.dedup();
     println!(
         "{} token bucket ({mode}) rate {rate}/s burst {burst}, {procs} procs x {tasks} tasks, {secs} s: \
-         {} grants, max over any interval {:.3} (allowed {burst}), admitted {:.2}/s ({:+.2}%), utilisation {:.1}%",
+         {} grants, max over any interval {:.3} (allowed {burst}), admitted {:.2}/s ({:+.2}%), utilisation {:.1}%, \
+         worst use after its slot {:.1} ms",
         t.label,
         r.grants,
         r.max_over,
         r.admitted_rate,
         (r.admitted_rate / rate - 1.0) * 100.0,
-        r.utilisation * 100.0
+        r.utilisation * 100.0,
+        late_max as f64 / 1e3
     );
     let _ = std::fs::remove_dir_all(&dir);
     // Waiting callers are served in the order they reserved; only when the run
@@ -114,6 +117,15 @@ pub fn rate_sweep(t: &Target, rates: &[f64], exact_up_to: f64) {
             "at {rate}/s the admitted rate was {:.2}/s, {:.1}% off",
             r.admitted_rate,
             err * 100.0
+        );
+        // Above `exact_up_to` a floor still: one hot key's ceiling on a
+        // loaded 2-core host is about 4,600/s on Postgres and 2,300/s on
+        // NATS (46% and 23% of 10,000/s), so 10% fails only an engine that
+        // fails or stalls most of its calls.
+        assert!(
+            r.utilisation >= 0.10,
+            "at {rate}/s only {:.1}% of the limit was used",
+            r.utilisation * 100.0
         );
     }
 }
@@ -440,7 +452,7 @@ pub fn restart(t: &Target, stop: &dyn Fn(), start: &dyn Fn(), reachable: &dyn Fn
         assert!(mc.backend_errors >= 1 && mo.backend_errors >= 1);
         up_unix_us
     });
-    let (grants, summaries) = collect(workers);
+    let (grants, summaries) = collect_through_outage(workers);
     let after = grants
         .iter()
         .filter(|g| g.held_from_us > up_unix_us)
@@ -556,4 +568,124 @@ pub fn long_keys_keep_their_limit(t: &Target) -> usize {
         reg.close().await;
     });
     keys.len()
+}
+
+/// A store that answers slot requests late: the real engine decides, and
+/// the answer reaches the caller `delay` after.
+#[derive(Debug)]
+struct LateAnswers {
+    inner: std::sync::Arc<dyn ratesync::engine::Engine>,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl ratesync::engine::Engine for LateAnswers {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn atomic_batches(&self) -> bool {
+        self.inner.atomic_batches()
+    }
+    async fn reserve(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+        r: &ratesync::config::RateSpec,
+        w: Duration,
+    ) -> Result<ratesync::engine::Reservation, ratesync::BackendError> {
+        self.inner.reserve(c, r, w).await
+    }
+    async fn reserve_all(
+        &self,
+        i: &[(ratesync::engine::Ctx<'_>, ratesync::config::RateSpec)],
+        w: Duration,
+    ) -> Result<ratesync::engine::BatchReservation, ratesync::BackendError> {
+        self.inner.reserve_all(i, w).await
+    }
+    async fn rate_state(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+        r: &ratesync::config::RateSpec,
+    ) -> Result<ratesync::engine::RateState, ratesync::BackendError> {
+        self.inner.rate_state(c, r).await
+    }
+    async fn acquire_lease(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+        h: &ratesync::engine::HolderId,
+        s: &ratesync::config::ConcurrencySpec,
+    ) -> Result<ratesync::engine::LeaseOutcome, ratesync::BackendError> {
+        let answer = self.inner.acquire_lease(c, h, s).await;
+        tokio::time::sleep(self.delay).await;
+        answer
+    }
+    async fn renew_lease(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+        h: &ratesync::engine::HolderId,
+        l: Duration,
+    ) -> Result<bool, ratesync::BackendError> {
+        self.inner.renew_lease(c, h, l).await
+    }
+    async fn release_lease(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+        h: &ratesync::engine::HolderId,
+    ) -> Result<bool, ratesync::BackendError> {
+        self.inner.release_lease(c, h).await
+    }
+    async fn lease_state(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+        s: &ratesync::config::ConcurrencySpec,
+    ) -> Result<ratesync::engine::ConcurrencyState, ratesync::BackendError> {
+        self.inner.lease_state(c, s).await
+    }
+    async fn subscribe_releases(
+        &self,
+        c: ratesync::engine::Ctx<'_>,
+    ) -> Result<ratesync::engine::ReleaseSignal, ratesync::BackendError> {
+        self.inner.subscribe_releases(c).await
+    }
+}
+
+/// An `acquire` dropped while its slot request is in flight (the store has
+/// taken the slot, its answer is still on the way) leaves no slot held once
+/// the registry is closed: the request finishes on its own task and the
+/// slot it took is released after it.
+pub fn cancelled_mid_request_leaves_no_slot(t: &Target) {
+    runtime().block_on(async {
+        let reg = Registry::from_toml_str(&t.config("cancel", "")).await.unwrap();
+        let real = reg.store("s").expect("the store under test");
+        reg.add_store(
+            "late",
+            std::sync::Arc::new(LateAnswers {
+                inner: real,
+                delay: Duration::from_millis(400),
+            }),
+        );
+        let jobs = reg
+            .register(
+                "jobs",
+                ratesync::LimiterConfig::concurrency(2)
+                    .with_lease(Duration::from_secs(60))
+                    .with_store("late"),
+            )
+            .unwrap();
+        for _ in 0..3 {
+            let dropped =
+                tokio::time::timeout(Duration::from_millis(100), jobs.acquire()).await;
+            assert!(dropped.is_err(), "the late answer came early");
+        }
+        reg.close().await;
+        let held = jobs.state().await.unwrap().concurrency.unwrap().holders;
+        println!(
+            "{}: 3 acquires dropped mid-request (answers 400 ms late): {held} slots left held after close()",
+            t.label
+        );
+        assert_eq!(held, 0, "a dropped acquire left its slot held");
+        // And the slots are usable at once.
+        let a = jobs.try_acquire().await.unwrap();
+        let b = jobs.try_acquire().await.unwrap();
+        assert!(a.is_some() && b.is_some());
+    });
 }

@@ -98,6 +98,9 @@ struct Tally {
     bins: BTreeMap<u64, u64>,
     refusals: u64,
     errors: u64,
+    /// Of `errors`, decisions denied because compare-and-set retries ran out
+    /// (NATS on a hot key, fail_closed): contention, not a broken store.
+    cas_exhausted: u64,
     /// Every call's latency, grant or refusal (µs).
     latency_us: Histogram<u64>,
     /// Each granted acquire's lateness past its reserved slot (µs).
@@ -114,6 +117,7 @@ impl Tally {
             bins: BTreeMap::new(),
             refusals: 0,
             errors: 0,
+            cas_exhausted: 0,
             latency_us: h(),
             overshoot_us: h(),
         }
@@ -127,6 +131,7 @@ impl Tally {
         }
         self.refusals += other.refusals;
         self.errors += other.errors;
+        self.cas_exhausted += other.cas_exhausted;
         self.latency_us.add(&other.latency_us)?;
         self.overshoot_us.add(&other.overshoot_us)?;
         Ok(())
@@ -248,6 +253,9 @@ async fn run_task(
             Err(e) => {
                 tracing::warn!(error = %e, "worker: acquire failed");
                 tally.errors += 1;
+                if matches!(&e, ratesync::Error::Backend { source, .. } if source.cas_exhausted) {
+                    tally.cas_exhausted += 1;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -337,11 +345,12 @@ pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
     written.map_err(|e| format!("writing grants: {e}"))?;
     let m = parent.metrics();
     eprintln!(
-        r#"{{"worker":{pid},"started_us":{started_us},"ended_us":{ended_us},"grants":{},"recorded":{},"refusals":{},"errors":{},"backend_errors":{},"cas_failures":{},"latency_us":{},"overshoot_us":{},"bins_100ms":{},"task_grants":[{}]}}"#,
+        r#"{{"worker":{pid},"started_us":{started_us},"ended_us":{ended_us},"grants":{},"recorded":{},"refusals":{},"errors":{},"cas_exhausted":{},"backend_errors":{},"cas_failures":{},"latency_us":{},"overshoot_us":{},"bins_100ms":{},"task_grants":[{}]}}"#,
         total.granted,
         total.grants.len(),
         total.refusals,
         total.errors,
+        total.cas_exhausted,
         m.backend_errors,
         m.cas_failures,
         histogram_json(&total.latency_us),
