@@ -94,9 +94,14 @@ pub fn redact(text: &str) -> String {
     let mut rest = text;
     // URLs first: each `scheme://...` up to the next white space or quote.
     while let Some(at) = rest.find("://") {
+        // The scheme: the ASCII letters, digits, `+ - .` right before `://`
+        // (found by the fuzzer: stepping one byte past a multi-byte
+        // character instead of one character panicked on `"\t/Ւ://*"`).
         let scheme_start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[at..]
             .find(|c: char| c.is_whitespace() || "\"'<>`()".contains(c))
             .map_or(rest.len(), |i| at + i);
@@ -324,6 +329,27 @@ mod tests {
             "key prefix: ratesync",
         ] {
             assert_eq!(redact(t), t);
+        }
+    }
+
+    #[test]
+    fn multi_byte_text_around_urls_is_safe() {
+        assert_eq!(redact("\t/Ւ://*\0"), "\t/Ւ://*\0");
+        assert_eq!(
+            redact("ключ redis://u:pw@h ключ"),
+            "ключ redis://***@h ключ"
+        );
+        assert_eq!(redact("éredis://u:pw@h"), "éredis://***@h");
+    }
+
+    proptest::proptest! {
+        /// Any text: no panic, and a password in a URL's user info never survives.
+        #[test]
+        fn any_text_is_redacted_without_panic(text in "\\PC{0,40}", pw in "[a-zA-Z0-9]{6,12}") {
+            let _ = redact(&text);
+            let url = format!("{text} redis://user:{pw}@h:1/0 {text}");
+            let out = redact(&url);
+            proptest::prop_assert!(!out.contains(&format!(":{pw}@")), "{}", out);
         }
     }
 
