@@ -841,3 +841,218 @@ async fn a_rate_permit_is_always_held() {
         .await
         .is_err());
 }
+
+/// The memory engine, reporting `n` compare-and-set conflicts per decision.
+#[derive(Debug, Default)]
+struct Conflicts {
+    inner: ratesync::engine::memory::MemoryEngine,
+    n: u64,
+}
+
+#[async_trait]
+impl Engine for Conflicts {
+    fn kind(&self) -> &'static str {
+        "conflicts"
+    }
+    async fn reserve(
+        &self,
+        c: Ctx<'_>,
+        r: &RateSpec,
+        w: Duration,
+    ) -> Result<Reservation, BackendError> {
+        c.metrics.record_cas_failures(self.n);
+        self.inner.reserve(c, r, w).await
+    }
+    async fn reserve_all(
+        &self,
+        i: &[(Ctx<'_>, RateSpec)],
+        w: Duration,
+    ) -> Result<BatchReservation, BackendError> {
+        self.inner.reserve_all(i, w).await
+    }
+    async fn rate_state(&self, c: Ctx<'_>, r: &RateSpec) -> Result<RateState, BackendError> {
+        self.inner.rate_state(c, r).await
+    }
+    async fn acquire_lease(
+        &self,
+        c: Ctx<'_>,
+        h: &HolderId,
+        s: &ConcurrencySpec,
+    ) -> Result<LeaseOutcome, BackendError> {
+        self.inner.acquire_lease(c, h, s).await
+    }
+    async fn renew_lease(
+        &self,
+        c: Ctx<'_>,
+        h: &HolderId,
+        l: Duration,
+    ) -> Result<bool, BackendError> {
+        self.inner.renew_lease(c, h, l).await
+    }
+    async fn release_lease(&self, c: Ctx<'_>, h: &HolderId) -> Result<bool, BackendError> {
+        self.inner.release_lease(c, h).await
+    }
+    async fn lease_state(
+        &self,
+        c: Ctx<'_>,
+        s: &ConcurrencySpec,
+    ) -> Result<ConcurrencyState, BackendError> {
+        self.inner.lease_state(c, s).await
+    }
+    async fn subscribe_releases(&self, c: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
+        self.inner.subscribe_releases(c).await
+    }
+}
+
+/// The README's default thresholds, each at its boundary: a mean wait of
+/// 1000 ms warns, 9 compare-and-set conflicts in a 5 s interval (108 a
+/// minute) warn and 8 (96) do not, 9 of 10 slots held warns and 8 do not, one
+/// store failure is critical.
+#[tokio::test(start_paused = true)]
+async fn alerts_fire_at_their_default_thresholds() {
+    use ratesync::alert::{AlertConfig, AlertKind, AlertLoop, Severity};
+    let reg = Registry::new();
+    reg.add_store("down", Arc::new(DownEngine));
+    for n in [8, 9] {
+        reg.add_store(
+            format!("cas{n}"),
+            Arc::new(Conflicts {
+                n,
+                ..Default::default()
+            }),
+        );
+        reg.register(
+            &format!("cas{n}"),
+            LimiterConfig::token_bucket(1000.0, 10).with_store(format!("cas{n}")),
+        )
+        .unwrap();
+    }
+    let slow = reg
+        .register("slow", LimiterConfig::token_bucket(0.5, 1))
+        .unwrap();
+    let busy9 = reg
+        .register("busy9", LimiterConfig::concurrency(10))
+        .unwrap();
+    let busy8 = reg
+        .register("busy8", LimiterConfig::concurrency(10))
+        .unwrap();
+    let down = reg
+        .register(
+            "down",
+            LimiterConfig::token_bucket(1.0, 1)
+                .with_store("down")
+                .with_failure_mode(FailureMode::FailOpen),
+        )
+        .unwrap();
+    for n in [8, 9] {
+        drop(
+            reg.limiter(&format!("cas{n}"))
+                .unwrap()
+                .try_acquire()
+                .await
+                .unwrap(),
+        );
+    }
+    drop(slow.acquire().await.unwrap()); // no wait
+    drop(slow.acquire().await.unwrap()); // 2 s: a mean of 1000 ms
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        held.push(busy9.acquire().await.unwrap());
+    }
+    for _ in 0..8 {
+        held.push(busy8.acquire().await.unwrap());
+    }
+    drop(down.try_acquire().await.unwrap());
+    let mut alerts = AlertLoop::new(reg.clone(), AlertConfig::default()).unwrap();
+    let report = alerts.tick().await;
+    let fired = |limiter: &str, kind: AlertKind| {
+        report
+            .sent
+            .iter()
+            .find(|a| a.limiter == limiter && a.alert == kind)
+            .map(|a| (a.severity, a.value, a.threshold))
+    };
+    assert_eq!(
+        fired("slow", AlertKind::AvgWaitMs),
+        Some((Severity::Warning, 1000.0, 1000.0))
+    );
+    let (sev, per_minute, th) = fired("cas9", AlertKind::CasFailures).expect("cas9 warns");
+    assert_eq!((sev, th), (Severity::Warning, 100.0));
+    assert!((per_minute - 108.0).abs() < 1e-9, "{per_minute}");
+    assert_eq!(
+        fired("cas8", AlertKind::CasFailures),
+        None,
+        "96 a minute is under 100"
+    );
+    assert_eq!(
+        fired("busy9", AlertKind::Concurrency),
+        Some((Severity::Warning, 0.9, 0.9))
+    );
+    assert_eq!(
+        fired("busy8", AlertKind::Concurrency),
+        None,
+        "0.8 is under 0.9"
+    );
+    assert_eq!(
+        fired("down", AlertKind::BackendErrors).map(|f| f.0),
+        Some(Severity::Critical)
+    );
+    drop(held);
+}
+
+/// The README: "the GCRA emission interval is rounded *up*", so rounding
+/// can only admit less; and the scripts' whole microseconds round up too.
+#[test]
+fn emission_intervals_round_up() {
+    let g = ratesync::gcra::Gcra::new(3.0, 1).unwrap();
+    assert_eq!(
+        g.emission_ns(),
+        333_333_334,
+        "1/3 s rounds up to the next ns"
+    );
+    let g = ratesync::gcra::Gcra::new(7_000.0, 1).unwrap();
+    assert_eq!(g.emission_ns(), 142_858);
+    match ratesync::engine::script_args(&RateSpec::TokenBucket(g)) {
+        (1, us, 1) => assert_eq!(us, 143, "142.858 us rounds up to 143 us"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The README: `try_acquire` never waits, so it refuses while others queue
+/// for the key, even at the moment a slot is freed for the head waiter.
+#[tokio::test(start_paused = true)]
+async fn try_acquire_refuses_while_others_queue() {
+    let reg = registry("[limiters.one]\nmax_concurrent = 1").await;
+    let one = reg.limiter("one").unwrap();
+    let held = one.acquire().await.unwrap();
+    let waiter = {
+        let one = one.clone();
+        tokio::spawn(async move { one.acquire().await.unwrap() })
+    };
+    tokio::time::sleep(MS).await; // the waiter queues
+    drop(held); // the slot is free, and the waiter is first in line
+    assert!(
+        one.try_acquire().await.unwrap().is_none(),
+        "try_acquire overtook a queued waiter"
+    );
+    let got = waiter.await.unwrap();
+    assert!(got.holds_slot());
+}
+
+/// The README: a rate slot reserved by an `acquire` that is then dropped
+/// stays spent (errs towards admitting less).
+#[tokio::test(start_paused = true)]
+async fn a_dropped_acquire_leaves_its_rate_slot_spent() {
+    let reg = registry("[limiters.api]\nrate_per_second = 1.0\nburst = 1").await;
+    let api = reg.limiter("api").unwrap();
+    drop(api.acquire().await.unwrap()); // t = 0
+                                        // Reserves the slot at t = 1 s, then is dropped while it sleeps.
+    assert!(tokio::time::timeout(100 * MS, api.acquire()).await.is_err());
+    tokio::time::sleep(Duration::from_millis(950)).await; // t = 1.05 s
+    assert!(
+        api.try_acquire().await.unwrap().is_none(),
+        "the dropped acquire's slot was handed out again"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // t = 2.05 s
+    assert!(api.try_acquire().await.unwrap().is_some());
+}
