@@ -271,18 +271,38 @@ mod tests {
         grants
     }
 
-    /// The largest number of grants in any closed interval of length `len`
-    /// (the worst window always starts at a grant).
-    fn max_in_window(grants: &[u64], len: u64) -> usize {
-        let mut best = 0;
-        let mut hi = 0;
-        for lo in 0..grants.len() {
-            while hi < grants.len() && grants[hi] <= grants[lo] + len {
-                hi += 1;
+    /// Every interval of the sorted grants, exactly: grants `i..=j` need
+    /// `(count - burst)` emission intervals between the first and the last,
+    /// i.e. `(g_j - j*T) - (g_i - i*T) >= (1 - burst) * T`. One pass keeps
+    /// the largest `g_i - i*T` so far, in 128-bit integers (no rounding).
+    fn exact_bound(grants: &[u64], emission_ns: u64, burst: u32) -> Result<(), String> {
+        let e = i128::from(emission_ns);
+        let mut worst: Option<(i128, usize)> = None;
+        for (j, &gj) in grants.iter().enumerate() {
+            let key = i128::from(gj) - j as i128 * e;
+            if worst.is_none_or(|(w, _)| key > w) {
+                worst = Some((key, j));
             }
-            best = best.max(hi - lo);
+            let (w, i) = worst.unwrap_or((key, j));
+            if key - w < (1 - i128::from(burst)) * e {
+                let span = i128::from(gj) - i128::from(grants[i]);
+                return Err(format!(
+                    "{} grants in {span} ns, where a bucket allows {}",
+                    j - i + 1,
+                    i128::from(burst) + span / e
+                ));
+            }
         }
-        best
+        Ok(())
+    }
+
+    #[test]
+    fn the_exact_checker_sees_one_grant_too_many() {
+        assert!(exact_bound(&[0, 0], 10, 2).is_ok());
+        assert!(exact_bound(&[0, 0, 0], 10, 2).is_err());
+        assert!(exact_bound(&[0, 0, 10, 20], 10, 2).is_ok());
+        assert!(exact_bound(&[0, 0, 10, 19], 10, 2).is_err(), "one ns early");
+        assert!(exact_bound(&[5, 100, 100, 100], 10, 2).is_err());
     }
 
     proptest! {
@@ -299,11 +319,9 @@ mod tests {
             let mut now = 0;
             let arrivals: Vec<(u64, u64)> = gaps.iter().map(|&(gap, wait)| { now += gap; (now, wait) }).collect();
             let grants = run(&g, &arrivals);
-            for len in [0, 1, g.emission_ns() / 2, g.emission_ns(), 10 * g.emission_ns(), SEC / 10, SEC, 10 * SEC] {
-                let allowed = f64::from(burst) + rate * (len as f64 / 1e9);
-                let seen = max_in_window(&grants, len);
-                prop_assert!(seen as f64 <= allowed + 1e-9,
-                    "{seen} grants in {len} ns, allowed {allowed} (rate {rate}, burst {burst})");
+            // Every interval, exactly (not a few chosen lengths).
+            if let Err(e) = exact_bound(&grants, g.emission_ns(), burst) {
+                prop_assert!(false, "{} (rate {}, burst {})", e, rate, burst);
             }
         }
 
@@ -339,17 +357,8 @@ mod tests {
                 .take_while(|&(t, _)| t < 1 << 63)
                 .collect();
             let grants = run(&g, &arrivals);
-            // Exact: grants i..=j need (count - burst) emissions between them.
-            for i in 0..grants.len() {
-                for j in i..grants.len() {
-                    let count = (j - i + 1) as i128;
-                    let need = (count - i128::from(burst)) * i128::from(e);
-                    prop_assert!(
-                        i128::from(grants[j] - grants[i]) >= need,
-                        "{count} grants in {} ns (rate {rate}, burst {burst}, T {e} ns)",
-                        grants[j] - grants[i]
-                    );
-                }
+            if let Err(msg) = exact_bound(&grants, e, burst) {
+                prop_assert!(false, "{} (rate {}, burst {}, T {} ns)", msg, rate, burst, e);
             }
         }
 

@@ -116,8 +116,31 @@ fn refused_requests_leave_no_slot() {
 fn odd_keys_work_and_stay_distinct() {
     require!(nats_url());
     let _serial = serial();
-    let n = scenarios::odd_keys(&NATS, &unique_prefix("keys"));
-    println!("nats odd keys: {n} keys, each with its own state (KV accepted every key)");
+    let prefix = unique_prefix("keys");
+    let n = scenarios::odd_keys(&NATS, &prefix);
+    // Every stored key is in KV's alphabet, one per caller key.
+    let stored: Vec<String> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let kv = async_nats::jetstream::new(client)
+            .get_key_value("ratesync_it")
+            .await
+            .unwrap();
+        let keys = kv.keys().await.unwrap();
+        keys.filter_map(|k| async move { k.ok() })
+            .filter(|k| std::future::ready(k.starts_with(&format!("{prefix}."))))
+            .collect()
+            .await
+    });
+    assert_eq!(stored.len(), n, "one KV key per caller key: {stored:?}");
+    for k in &stored {
+        assert!(
+            k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)),
+            "a stored key outside KV's alphabet: {k}"
+        );
+    }
+    println!("nats odd keys: {n} keys, each with its own state and a key in KV's alphabet");
 }
 
 #[test]
