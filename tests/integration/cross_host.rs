@@ -135,6 +135,7 @@ pub fn concurrency_with_killed_host(e: &Engine) {
         let mut opts = WorkerOpts::new("pool", 8, secs);
         opts.hold_ms = 20.0;
         opts.prefix = hosts.prefix(i);
+        opts.holds = true;
         workers.extend(spawn_workers(&config, &sub, 1, &opts, start));
     }
     // Kill host 0's worker 1.5 s into the run, while it holds slots.
@@ -142,7 +143,15 @@ pub fn concurrency_with_killed_host(e: &Engine) {
     std::thread::sleep(until_kill);
     workers[0].child.kill().expect("SIGKILL host 0's worker");
     let killed_at = Instant::now();
-    let (grants, _) = collect_survivors(workers);
+    let killed_us = now_us();
+    let killed_holds = workers[0].holds.clone().expect("holds file");
+    let killed_pid = u64::from(workers[0].child.id());
+    let (mut grants, _) = collect_survivors(workers);
+    let after_kill = grants.iter().filter(|g| g.held_from_us > killed_us).count();
+    // The killed worker's holds count too: up to the kill for one it held.
+    let theirs = read_holds(&killed_holds, killed_pid, killed_us);
+    let killed_count = theirs.len();
+    grants.extend(theirs);
     let most = max_overlap(&grants);
     // Every lease of the killed worker has run out by now (the run outlasts it).
     let wait_leak = Duration::from_secs_f64(lease + 0.5).saturating_sub(killed_at.elapsed());
@@ -155,7 +164,8 @@ pub fn concurrency_with_killed_host(e: &Engine) {
     let left = holders_in_store(&text, "pool");
     println!(
         "{} cross-host max_concurrent 5 (lease {lease} s), {}, host 0 SIGKILLed at 1.5 s: \
-         {} grants on the surviving hosts, most overlapping {most} (allowed 5), slots leaked {left}",
+         {} grants ({killed_count} of them the killed host's, {after_kill} on the survivors after the kill), \
+         most overlapping {most} (allowed 5), slots leaked {left}",
         e.label,
         describe(&hosts, &Err("none in this scenario".into())),
         grants.len()
@@ -163,6 +173,13 @@ pub fn concurrency_with_killed_host(e: &Engine) {
     drop(hosts);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(most <= 5, "{most} overlapping holds across hosts");
-    assert!(!grants.is_empty(), "the surviving hosts were never granted");
+    assert!(
+        killed_count > 0,
+        "the killed host recorded no hold before the kill"
+    );
+    assert!(
+        after_kill > 0,
+        "the surviving hosts were never granted after the kill"
+    );
     assert_eq!(left, 0, "slots still held at the end");
 }

@@ -118,6 +118,8 @@ pub fn ratesync_bin() -> &'static str {
 pub struct Worker {
     pub child: Child,
     pub out: PathBuf,
+    /// Where the worker appends its holds as they happen, with `holds` set.
+    pub holds: Option<PathBuf>,
 }
 
 /// Options of one worker process.
@@ -133,6 +135,8 @@ pub struct WorkerOpts {
     pub timeout: Option<f64>,
     /// A command that runs the worker on another "host" (`ip netns exec NS`).
     pub prefix: Vec<String>,
+    /// Append holds to a file as they happen (see [`read_holds`]).
+    pub holds: bool,
 }
 
 impl WorkerOpts {
@@ -147,6 +151,7 @@ impl WorkerOpts {
             counter: None,
             timeout: None,
             prefix: Vec::new(),
+            holds: false,
         }
     }
 }
@@ -193,8 +198,12 @@ pub fn spawn_workers(
             if let Some(t) = opts.timeout {
                 cmd.args(["--timeout", &t.to_string()]);
             }
+            let holds = opts.holds.then(|| out.with_extension("holds"));
+            if let Some(h) = &holds {
+                cmd.arg("--holds").arg(h);
+            }
             let child = cmd.spawn().expect("spawn ratesync worker");
-            Worker { child, out }
+            Worker { child, out, holds }
         })
         .collect()
 }
@@ -473,4 +482,40 @@ pub fn have(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The holds a worker appended as they happened (`--holds`), as grants of
+/// `worker`; a hold with no end (the worker was killed holding it) lasts
+/// until `cut_at_us`, the kill.
+pub fn read_holds(path: &Path, worker: u64, cut_at_us: u64) -> Vec<Grant> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut open: Vec<(i64, i64)> = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // A line cut short by the kill is no hold.
+        let (Some(start), Some(task)) = (field(line, "start"), field(line, "task")) else {
+            continue;
+        };
+        match field(line, "end") {
+            None => open.push((task, start)),
+            Some(end) => {
+                open.retain(|&(t, s)| !(t == task && s == start));
+                out.push(Grant {
+                    worker,
+                    slot_us: start as u64,
+                    held_from_us: start as u64,
+                    held_to_us: end as u64,
+                    holders: 0,
+                });
+            }
+        }
+    }
+    out.extend(open.into_iter().map(|(_, start)| Grant {
+        worker,
+        slot_us: start as u64,
+        held_from_us: start as u64,
+        held_to_us: cut_at_us.max(start as u64),
+        holders: 0,
+    }));
+    out
 }

@@ -70,6 +70,11 @@ pub struct WorkerArgs {
     /// Write grants here as JSON lines (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also append each hold to this file as it happens (a `start` line when
+    /// the permit is granted, an `end` line when it is released), so a
+    /// checker sees the holds of a worker that is killed before it writes `--out`.
+    #[arg(long)]
+    pub holds: Option<PathBuf>,
     /// A file holding a holders counter shared by all workers on this host:
     /// incremented under an exclusive lock after each grant, decremented
     /// before the release. Each grant records the value it saw.
@@ -198,6 +203,23 @@ async fn run_task(
     deadline: Instant,
 ) -> Result<Tally> {
     let mut tally = Tally::new();
+    let holds = match &args.holds {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--holds {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    // One line, one append (atomic for lines this short), so tasks and a
+    // kill never interleave half lines.
+    let note = |line: String| {
+        if let Some(mut f) = holds.as_ref() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    };
     let key = index % limiters.len();
     let limiter = &limiters[key];
     let hold = Duration::from_secs_f64(args.hold_ms.max(0.0) / 1e3);
@@ -261,6 +283,7 @@ async fn run_task(
             }
         };
         let held_from_us = unix_us();
+        note(format!("{{\"start\":{held_from_us},\"task\":{index}}}\n"));
         if let Mode::Acquire = args.mode {
             let late = u64::try_from(permit.overshoot().as_micros()).unwrap_or(u64::MAX);
             tally.overshoot_us.saturating_record(late);
@@ -276,6 +299,9 @@ async fn run_task(
         } else {
             unix_us()
         };
+        note(format!(
+            "{{\"end\":{held_to_us},\"start\":{held_from_us},\"task\":{index}}}\n"
+        ));
         let slot_us = permit.slot_unix_us().unwrap_or(held_from_us);
         tally.granted += 1;
         *tally.bins.entry(slot_us / 100_000).or_default() += 1;
