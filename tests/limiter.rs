@@ -714,84 +714,18 @@ fn hashed_keys_hide_the_value() {
     );
 }
 
-/// The memory engine, with renewals that can be made to fail three ways.
-#[derive(Debug, Default)]
-struct Renewals {
-    inner: ratesync::engine::memory::MemoryEngine,
-    /// 0: pass through; 1: "not held"; 2: an error; 3: no answer.
-    mode: std::sync::atomic::AtomicU8,
-}
-
-#[async_trait]
-impl Engine for Renewals {
-    fn kind(&self) -> &'static str {
-        "renewals"
-    }
-    async fn reserve(
-        &self,
-        c: Ctx<'_>,
-        r: &RateSpec,
-        w: Duration,
-    ) -> Result<Reservation, BackendError> {
-        self.inner.reserve(c, r, w).await
-    }
-    async fn reserve_all(
-        &self,
-        i: &[(Ctx<'_>, RateSpec)],
-        w: Duration,
-    ) -> Result<BatchReservation, BackendError> {
-        self.inner.reserve_all(i, w).await
-    }
-    async fn rate_state(&self, c: Ctx<'_>, r: &RateSpec) -> Result<RateState, BackendError> {
-        self.inner.rate_state(c, r).await
-    }
-    async fn acquire_lease(
-        &self,
-        c: Ctx<'_>,
-        h: &HolderId,
-        s: &ConcurrencySpec,
-    ) -> Result<LeaseOutcome, BackendError> {
-        self.inner.acquire_lease(c, h, s).await
-    }
-    async fn renew_lease(
-        &self,
-        c: Ctx<'_>,
-        h: &HolderId,
-        l: Duration,
-    ) -> Result<bool, BackendError> {
-        match self.mode.load(Ordering::SeqCst) {
-            0 => self.inner.renew_lease(c, h, l).await,
-            1 => Ok(false),
-            2 => Err(down()),
-            _ => std::future::pending().await,
-        }
-    }
-    async fn release_lease(&self, c: Ctx<'_>, h: &HolderId) -> Result<bool, BackendError> {
-        self.inner.release_lease(c, h).await
-    }
-    async fn lease_state(
-        &self,
-        c: Ctx<'_>,
-        s: &ConcurrencySpec,
-    ) -> Result<ConcurrencyState, BackendError> {
-        self.inner.lease_state(c, s).await
-    }
-    async fn subscribe_releases(&self, c: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
-        self.inner.subscribe_releases(c).await
-    }
-}
-
 /// A permit learns that its lease is gone: when a renewal finds it lost at
 /// once, and when renewals fail or go unanswered, once the lease has run out
 /// (not before). Each loss is counted once in `leases_lost`.
 #[tokio::test(start_paused = true)]
 async fn a_permit_knows_when_its_lease_is_lost() {
+    use ratesync::testing::{FaultyStore, Renewals};
     for (mode, lost_after) in [
-        (1u8, Duration::from_secs(1)),
-        (2, Duration::from_secs(3)),
-        (3, Duration::from_secs(3)),
+        (Renewals::Lost, Duration::from_secs(1)),
+        (Renewals::Fail, Duration::from_secs(3)),
+        (Renewals::Hang, Duration::from_secs(3)),
     ] {
-        let engine = Arc::new(Renewals::default());
+        let engine = Arc::new(FaultyStore::memory());
         let reg = Registry::new();
         reg.add_store("r", engine.clone());
         let jobs = reg
@@ -808,23 +742,23 @@ async fn a_permit_knows_when_its_lease_is_lost() {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(
             permit.is_held(),
-            "mode {mode}: a renewed lease was reported lost"
+            "{mode:?}: a renewed lease was reported lost"
         );
-        engine.mode.store(mode, Ordering::SeqCst);
+        engine.set_renewals(mode);
         let broke = Instant::now();
         tokio::time::timeout(Duration::from_secs(20), permit.lost())
             .await
-            .unwrap_or_else(|_| panic!("mode {mode}: the loss was never told"));
+            .unwrap_or_else(|_| panic!("{mode:?}: the loss was never told"));
         let after = broke.elapsed();
         assert!(!permit.is_held());
-        assert_eq!(jobs.metrics().leases_lost, 1, "mode {mode}");
+        assert_eq!(jobs.metrics().leases_lost, 1, "{mode:?}");
         // Told no later than the lease allows, and (for failures that prove
         // nothing) no earlier than the last certain expiry.
-        assert!(after <= lost_after, "mode {mode}: told after {after:?}");
-        if mode != 1 {
+        assert!(after <= lost_after, "{mode:?}: told after {after:?}");
+        if mode != Renewals::Lost {
             assert!(
                 after >= Duration::from_secs(2),
-                "mode {mode}: told after {after:?}, before the lease could have run out"
+                "{mode:?}: told after {after:?}, before the lease could have run out"
             );
         }
         drop(permit);
@@ -842,68 +776,6 @@ async fn a_rate_permit_is_always_held() {
         .is_err());
 }
 
-/// The memory engine, reporting `n` compare-and-set conflicts per decision.
-#[derive(Debug, Default)]
-struct Conflicts {
-    inner: ratesync::engine::memory::MemoryEngine,
-    n: u64,
-}
-
-#[async_trait]
-impl Engine for Conflicts {
-    fn kind(&self) -> &'static str {
-        "conflicts"
-    }
-    async fn reserve(
-        &self,
-        c: Ctx<'_>,
-        r: &RateSpec,
-        w: Duration,
-    ) -> Result<Reservation, BackendError> {
-        c.metrics.record_cas_failures(self.n);
-        self.inner.reserve(c, r, w).await
-    }
-    async fn reserve_all(
-        &self,
-        i: &[(Ctx<'_>, RateSpec)],
-        w: Duration,
-    ) -> Result<BatchReservation, BackendError> {
-        self.inner.reserve_all(i, w).await
-    }
-    async fn rate_state(&self, c: Ctx<'_>, r: &RateSpec) -> Result<RateState, BackendError> {
-        self.inner.rate_state(c, r).await
-    }
-    async fn acquire_lease(
-        &self,
-        c: Ctx<'_>,
-        h: &HolderId,
-        s: &ConcurrencySpec,
-    ) -> Result<LeaseOutcome, BackendError> {
-        self.inner.acquire_lease(c, h, s).await
-    }
-    async fn renew_lease(
-        &self,
-        c: Ctx<'_>,
-        h: &HolderId,
-        l: Duration,
-    ) -> Result<bool, BackendError> {
-        self.inner.renew_lease(c, h, l).await
-    }
-    async fn release_lease(&self, c: Ctx<'_>, h: &HolderId) -> Result<bool, BackendError> {
-        self.inner.release_lease(c, h).await
-    }
-    async fn lease_state(
-        &self,
-        c: Ctx<'_>,
-        s: &ConcurrencySpec,
-    ) -> Result<ConcurrencyState, BackendError> {
-        self.inner.lease_state(c, s).await
-    }
-    async fn subscribe_releases(&self, c: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
-        self.inner.subscribe_releases(c).await
-    }
-}
-
 /// The README's default thresholds, each at its boundary: a mean wait of
 /// 1000 ms warns, 9 compare-and-set conflicts in a 5 s interval (108 a
 /// minute) warn and 8 (96) do not, 9 of 10 slots held warns and 8 do not, one
@@ -914,13 +786,9 @@ async fn alerts_fire_at_their_default_thresholds() {
     let reg = Registry::new();
     reg.add_store("down", Arc::new(DownEngine));
     for n in [8, 9] {
-        reg.add_store(
-            format!("cas{n}"),
-            Arc::new(Conflicts {
-                n,
-                ..Default::default()
-            }),
-        );
+        let store = ratesync::testing::FaultyStore::memory();
+        store.report_cas_failures(n);
+        reg.add_store(format!("cas{n}"), Arc::new(store));
         reg.register(
             &format!("cas{n}"),
             LimiterConfig::token_bucket(1000.0, 10).with_store(format!("cas{n}")),

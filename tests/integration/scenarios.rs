@@ -571,84 +571,6 @@ pub fn long_keys_keep_their_limit(t: &Target) -> usize {
     keys.len()
 }
 
-/// A store that answers slot requests late: the real engine decides, and
-/// the answer reaches the caller `delay` after.
-#[derive(Debug)]
-struct LateAnswers {
-    inner: std::sync::Arc<dyn ratesync::engine::Engine>,
-    delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl ratesync::engine::Engine for LateAnswers {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn atomic_batches(&self) -> bool {
-        self.inner.atomic_batches()
-    }
-    async fn reserve(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-        r: &ratesync::config::RateSpec,
-        w: Duration,
-    ) -> Result<ratesync::engine::Reservation, ratesync::BackendError> {
-        self.inner.reserve(c, r, w).await
-    }
-    async fn reserve_all(
-        &self,
-        i: &[(ratesync::engine::Ctx<'_>, ratesync::config::RateSpec)],
-        w: Duration,
-    ) -> Result<ratesync::engine::BatchReservation, ratesync::BackendError> {
-        self.inner.reserve_all(i, w).await
-    }
-    async fn rate_state(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-        r: &ratesync::config::RateSpec,
-    ) -> Result<ratesync::engine::RateState, ratesync::BackendError> {
-        self.inner.rate_state(c, r).await
-    }
-    async fn acquire_lease(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-        h: &ratesync::engine::HolderId,
-        s: &ratesync::config::ConcurrencySpec,
-    ) -> Result<ratesync::engine::LeaseOutcome, ratesync::BackendError> {
-        let answer = self.inner.acquire_lease(c, h, s).await;
-        tokio::time::sleep(self.delay).await;
-        answer
-    }
-    async fn renew_lease(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-        h: &ratesync::engine::HolderId,
-        l: Duration,
-    ) -> Result<bool, ratesync::BackendError> {
-        self.inner.renew_lease(c, h, l).await
-    }
-    async fn release_lease(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-        h: &ratesync::engine::HolderId,
-    ) -> Result<bool, ratesync::BackendError> {
-        self.inner.release_lease(c, h).await
-    }
-    async fn lease_state(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-        s: &ratesync::config::ConcurrencySpec,
-    ) -> Result<ratesync::engine::ConcurrencyState, ratesync::BackendError> {
-        self.inner.lease_state(c, s).await
-    }
-    async fn subscribe_releases(
-        &self,
-        c: ratesync::engine::Ctx<'_>,
-    ) -> Result<ratesync::engine::ReleaseSignal, ratesync::BackendError> {
-        self.inner.subscribe_releases(c).await
-    }
-}
-
 /// An `acquire` dropped while its slot request is in flight (the store has
 /// taken the slot, its answer is still on the way) leaves no slot held once
 /// the registry is closed: the request finishes on its own task and the
@@ -657,13 +579,10 @@ pub fn cancelled_mid_request_leaves_no_slot(t: &Target) {
     runtime().block_on(async {
         let reg = Registry::from_toml_str(&t.config("cancel", "")).await.unwrap();
         let real = reg.store("s").expect("the store under test");
-        reg.add_store(
-            "late",
-            std::sync::Arc::new(LateAnswers {
-                inner: real,
-                delay: Duration::from_millis(400),
-            }),
-        );
+        // The store decides at once; its answers arrive 400 ms later.
+        let late = ratesync::testing::FaultyStore::new(real);
+        late.delay_lease_answers(Duration::from_millis(400));
+        reg.add_store("late", std::sync::Arc::new(late));
         let jobs = reg
             .register(
                 "jobs",

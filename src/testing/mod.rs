@@ -51,3 +51,6 @@ pub fn paused_runtime() -> tokio::runtime::Runtime {
         Err(e) => panic!("ratesync::testing::paused_runtime: cannot build a runtime: {e}"),
     }
 }
+
+mod faulty;
+pub use faulty::{FaultyStore, Renewals};
