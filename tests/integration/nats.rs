@@ -331,9 +331,7 @@ fn contention_counts_every_conflict() {
             (writes + observed..=writes + observed + 8).contains(&attempts),
             "attempts {attempts}, writes {writes}, conflicts {observed}"
         );
-        // Eight engines in one process on one key: with one core kept busy
-        // utilisation fell to 85-87%; what this test is about is the counts.
-        assert!(r.utilisation >= 0.8, "utilisation {:.1}%", r.utilisation * 100.0);
+        assert!(r.utilisation >= 0.9, "utilisation {:.1}%", r.utilisation * 100.0);
     });
 }
 
@@ -433,6 +431,7 @@ fn reservations_never_outlive_the_bucket() {
         other.close().await;
         slots
     });
+    delete_bucket(&bucket);
     // 5 ms of jitter per grant: timers wake late, never early.
     let excess = ratesync::audit::max_excess(&slots, 0.5);
     assert!(
@@ -491,6 +490,7 @@ fn an_existing_bucket_is_raised_to_max_age() {
         long.close().await;
         again.close().await;
     });
+    delete_bucket(&bucket);
 }
 
 #[test]
@@ -498,4 +498,15 @@ fn an_acquire_dropped_mid_request_leaves_no_slot() {
     require!(nats_url());
     let _serial = serial();
     scenarios::cancelled_mid_request_leaves_no_slot(&NATS);
+}
+
+/// Deletes a bucket a test made for itself, so runs leave no streams behind.
+fn delete_bucket(bucket: &str) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        if let Ok(client) = async_nats::connect(nats_url()).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(format!("KV_{bucket}"))
+                .await;
+        }
+    });
 }
