@@ -231,7 +231,6 @@ fn redact_fields(text: &str) -> String {
         i = v;
     }
     out.push_str(&text[copied..]);
-    // `key = value` keeps its spacing on the left: `password = ***`.
     out
 }
 

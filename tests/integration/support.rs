@@ -276,7 +276,7 @@ pub fn check_errors(summary: &str, stderr: &[String]) {
         warnings.join("\n  ")
     );
     assert_eq!(
-        errors - cas.min(errors),
+        errors.saturating_sub(cas),
         0,
         "a worker met store errors: {head}"
     );
