@@ -63,6 +63,7 @@ pub mod lease;
 mod limiter;
 pub mod metrics;
 mod queue;
+pub mod quota;
 mod registry;
 pub mod secret;
 #[cfg(feature = "prometheus")]

@@ -5,13 +5,13 @@
 //! for a released concurrency slot, bounds all of it by a timeout, applies
 //! the limiter's failure mode when the store fails, and records metrics.
 
-use crate::config::{ConcurrencySpec, FailureMode, LimiterSpec, RateSpec};
 use crate::engine::{
     ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseSignal, Reservation,
 };
 use crate::error::{BackendError, Error, Result};
 use crate::key::StateKey;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::quota::{ConcurrencySpec, FailureMode, LimiterSpec, RateSpec};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

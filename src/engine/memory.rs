@@ -17,7 +17,9 @@ use super::{
     BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseHub,
     ReleaseSignal, Reservation,
 };
-use crate::config::{ConcurrencySpec, RateSpec};
+use crate::config::store::{SettingError, StoreConfig};
+use crate::quota::{ConcurrencySpec, RateSpec};
+
 use crate::error::BackendError;
 use crate::gcra::{self, ns, to_ns};
 use crate::lease::{self, Lease};
@@ -410,6 +412,17 @@ impl Engine for MemoryEngine {
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
         Ok(self.releases.subscribe(ctx.key.encoded()))
     }
+}
+
+/// The memory engine's settings: none but the shared ones.
+pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
+    if store.url.is_some() {
+        return Err((
+            "url",
+            "the memory engine keeps state in this process and takes no url; remove it or choose another engine".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

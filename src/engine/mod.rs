@@ -26,10 +26,11 @@ pub use holder::HolderId;
 pub(crate) use signal::ReleaseListener;
 pub use signal::{ReleaseHub, ReleaseSignal};
 
-use crate::config::{ConcurrencySpec, RateSpec};
+use crate::config::store::{SettingError, StoreConfig};
 use crate::error::BackendError;
 use crate::key::StateKey;
 use crate::metrics::Metrics;
+use crate::quota::{ConcurrencySpec, LimiterSpec, RateSpec};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::time::Duration;
@@ -51,6 +52,31 @@ pub fn script_args(rate: &RateSpec) -> (i32, i64, i64) {
             i64::from(w.limit()),
             i64::try_from(w.window_ns().div_ceil(1000).max(1)).unwrap_or(i64::MAX),
         ),
+    }
+}
+
+/// Engines that compute in whole microseconds (Redis and PostgreSQL) take
+/// token-bucket rates up to this; a faster rate would round to it silently.
+pub const MAX_RATE_MICROSECOND_ENGINES: f64 = 1e6;
+
+/// What an engine that counts whole microseconds cannot store exactly is
+/// refused, naming the field and the supported range, rather than rounded.
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+pub(crate) fn check_microsecond_rate(
+    spec: &LimiterSpec,
+    store: &StoreConfig,
+) -> Result<(), SettingError> {
+    match spec.rate {
+        Some(RateSpec::TokenBucket(g)) if g.emission_ns() < 1_000 => Err((
+            "rate_per_second",
+            format!(
+                "must be at most {MAX_RATE_MICROSECOND_ENGINES:e} with store `{}` (engine {} counts whole microseconds), got {:.0}; use the memory or nats engine for faster rates",
+                spec.store,
+                store.engine.as_str(),
+                1e9 / g.emission_ns() as f64
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -353,10 +379,4 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// `url` with its credentials replaced by `***`, for messages and logs
-/// (the same as [`crate::secret::redact`], kept under its old name).
-pub fn redact_url(url: &str) -> String {
-    crate::secret::redact(url)
 }

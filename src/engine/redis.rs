@@ -25,10 +25,15 @@
 
 use super::{from_us, max_wait_arg, script_args, us};
 use super::{
-    redact_url, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState,
-    ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseHub,
+    ReleaseListener, ReleaseSignal, Reservation,
 };
-use crate::config::{ConcurrencySpec, RateSpec, StoreConfig};
+use crate::config::store::SettingError;
+use crate::config::store::StoreConfig;
+use crate::quota::LimiterSpec;
+use crate::quota::{ConcurrencySpec, RateSpec};
+use crate::secret::redact;
+
 use crate::error::{BackendError, Error};
 use crate::gcra::Gcra;
 use crate::window::SlidingWindow;
@@ -133,7 +138,7 @@ impl RedisEngine {
             .as_ref()
             .map(|u| u.expose().to_string())
             .unwrap_or_default();
-        let redacted = redact_url(&url);
+        let redacted = redact(&url);
         let connect_err = Error::connect(name, &redacted);
         if url.starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; another part of
@@ -414,4 +419,37 @@ impl Engine for RedisEngine {
         self.ensure_listener().await;
         Ok(signal)
     }
+}
+
+/// Redis engine settings: a `redis://`, `rediss://` or `unix://` url, and a
+/// CA file only with TLS.
+pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
+    let url = store.required_url("url = \"redis://127.0.0.1:6379/0\"")?;
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return Err((
+            "url",
+            format!(
+                "must start with redis://, rediss:// (TLS) or unix://, got {:?}",
+                redact(url)
+            ),
+        ));
+    }
+    if store.tls_ca_file.is_some() && !url.starts_with("rediss://") {
+        return Err((
+            "tls_ca_file",
+            format!(
+                "is for TLS connections, and this url is not one: use rediss://, got {:?}",
+                redact(url)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Redis computes in whole microseconds: faster token buckets are refused.
+pub(crate) fn check_limiter(spec: &LimiterSpec, store: &StoreConfig) -> Result<(), SettingError> {
+    super::check_microsecond_rate(spec, store)
 }

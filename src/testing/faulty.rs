@@ -19,13 +19,13 @@
 //! # }
 //! ```
 
-use crate::config::{ConcurrencySpec, RateSpec};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
     BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState,
     ReleaseSignal, Reservation,
 };
 use crate::error::BackendError;
+use crate::quota::{ConcurrencySpec, RateSpec};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;

@@ -318,7 +318,7 @@ fn postgres_restart_mid_run_follows_the_failure_mode_and_recovers() {
     if !local || (!have("pg_ctlcluster") && std::env::var("RATESYNC_PG_CTL").is_err()) {
         let msg = format!(
             "cannot restart PostgreSQL at {} from here (needs pg_ctlcluster or $RATESYNC_PG_CTL)",
-            ratesync::engine::redact_url(&url)
+            ratesync::secret::redact(&url)
         );
         assert!(!services_required() || !local, "{msg}");
         skip_notice(&msg);
