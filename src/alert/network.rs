@@ -1,6 +1,8 @@
 //! Alert channels that deliver over the network: generic webhook, Slack, PagerDuty (HTTP) and email (SMTP).
 
-use super::{Alert, AlertState, Channel, EmailConfig, PagerDutyConfig, SlackConfig, WebhookConfig};
+use super::channel::Channel;
+use super::config::{EmailConfig, PagerDutyConfig, SlackConfig, WebhookConfig};
+use super::message::{Alert, AlertState, Severity};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -115,8 +117,8 @@ impl Channel for SlackChannel {
     async fn send(&self, a: &Alert) -> Result<(), String> {
         let icon = match (a.state, a.severity) {
             (AlertState::Resolved, _) => ":white_check_mark:",
-            (_, super::Severity::Warning) => ":warning:",
-            (_, super::Severity::Critical) => ":rotating_light:",
+            (_, Severity::Warning) => ":warning:",
+            (_, Severity::Critical) => ":rotating_light:",
         };
         let text = format!("{icon} {}", a.summary());
         let body = serde_json::json!({

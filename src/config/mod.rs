@@ -42,7 +42,7 @@ pub struct Config {
     /// Where the configuration came from (a path or `<string>`), for messages.
     pub source_name: String,
     /// The `[alerts]` table, if any (see [`crate::alert`]).
-    pub alerts: Option<crate::alert::AlertConfig>,
+    pub alerts: Option<crate::alert::config::AlertConfig>,
 }
 
 impl Config {
@@ -118,7 +118,7 @@ impl Config {
                     }
                 }
                 "alerts" => {
-                    let alerts: crate::alert::AlertConfig =
+                    let alerts: crate::alert::config::AlertConfig =
                         deserialize(source_name, "alerts", value)?;
                     alerts.validate(source_name)?;
                     config.alerts = Some(alerts);
