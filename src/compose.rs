@@ -1,8 +1,8 @@
 //! Composition: one all-or-nothing decision across several limiters.
 
-use crate::engine::{BatchReservation, Ctx, HolderId, LeaseOutcome};
+use crate::engine::{BatchReservation, Ctx};
 use crate::error::{Error, Result};
-use crate::limiter::{give_back, rate_reason, release_after_failure, LeaseGuard, Limiter, Permit};
+use crate::limiter::{give_back, Exhausted, LeaseGuard, Limiter, Permit};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,28 +80,14 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
             leases.push(None);
             continue;
         };
-        let holder = HolderId::new();
-        let asked = tokio::time::Instant::now();
-        match l.request_lease(&holder, spec).await {
-            Ok(LeaseOutcome::Acquired { .. }) => leases.push(Some(LeaseGuard::new(
-                (*l).clone(),
-                holder,
-                spec.lease,
-                asked,
-            ))),
-            Ok(LeaseOutcome::Full { .. }) => {
-                l.shared().metrics.record_cap_reached();
-                l.shared().metrics.record_timeout();
-                give_back_all(leases).await;
-                return Ok(None);
-            }
-            Err(e) => {
-                release_after_failure(l, holder);
-                if let Err(denied) = l.backend_failure(e, "acquire_lease") {
-                    give_back_all(leases).await;
-                    return Err(denied);
+        match l.try_slot(spec).await {
+            Ok(lease) => leases.push(lease),
+            Err(denied) => {
+                if denied.is_none() {
+                    l.shared().metrics.record_timeout();
                 }
-                leases.push(None);
+                give_back_all(leases).await;
+                return denied.map_or(Ok(None), Err);
             }
         }
     }
@@ -123,7 +109,7 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
                     l.shared().metrics.record_timeout();
                     tracing::trace!(
                         limiter = l.name(),
-                        reason = l.spec().rate.as_ref().map(rate_reason),
+                        reason = l.spec().rate.as_ref().map(|r| Exhausted::of(r).as_str()),
                         "check_all refused"
                     );
                 }
@@ -146,10 +132,7 @@ pub async fn check_all(limiters: &[&Limiter]) -> Result<Option<Vec<Permit>>> {
     let permits = limiters
         .iter()
         .zip(leases)
-        .map(|(l, lease)| {
-            l.shared().metrics.record_acquisition(Duration::ZERO);
-            Permit::new(l.shared().name.clone(), lease, Duration::ZERO)
-        })
+        .map(|(l, lease)| l.grant(lease, Duration::ZERO))
         .collect();
     Ok(Some(permits))
 }

@@ -1,0 +1,230 @@
+//! The whole decision: a concurrency slot first (so no rate token is spent
+//! while queueing for a slot), then a rate slot, then the sleep until it.
+
+use super::release::give_back;
+use super::slot::SlotAnswer;
+use super::{LeaseGuard, Limiter, Permit};
+use crate::engine::Reservation;
+use crate::error::{Error, Result};
+use crate::quota::RateSpec;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a request may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all (`try_acquire`).
+    No,
+    /// Until the deadline.
+    Until(Deadline),
+}
+
+/// A bound on waiting: the instant it ends (`None`: never) and, for
+/// messages, the bound the caller asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Option<Instant>,
+    asked: Option<Duration>,
+}
+
+impl Deadline {
+    const NEVER: Deadline = Deadline {
+        at: None,
+        asked: None,
+    };
+
+    fn after(timeout: Duration) -> Self {
+        Deadline {
+            at: Instant::now().checked_add(timeout),
+            asked: Some(timeout),
+        }
+    }
+}
+
+impl Wait {
+    /// Time left now; `None` means unbounded. Reads the clock only for a deadline.
+    pub(crate) fn remaining(self) -> Option<Duration> {
+        match self {
+            Wait::No => Some(Duration::ZERO),
+            Wait::Until(d) => d.at.map(|at| at.saturating_duration_since(Instant::now())),
+        }
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exhausted {
+    /// No concurrency slot came free.
+    Concurrency,
+    /// The token bucket's next slot lies beyond the bound.
+    Rate,
+    /// The sliding window's next slot lies beyond the bound.
+    Window,
+}
+
+impl Exhausted {
+    pub(crate) fn of(rate: &RateSpec) -> Self {
+        match rate {
+            RateSpec::TokenBucket(_) => Exhausted::Rate,
+            RateSpec::SlidingWindow(_) => Exhausted::Window,
+        }
+    }
+
+    /// The name [`Error::Timeout`]'s `reason` carries.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Exhausted::Concurrency => "concurrency",
+            Exhausted::Rate => "rate",
+            Exhausted::Window => "window",
+        }
+    }
+}
+
+/// Why a request got no permit, before it becomes `None` or `Error::Timeout`.
+pub(crate) struct Refusal {
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) by: Exhausted,
+}
+
+impl Limiter {
+    /// Waits for a permit, bounded by the limiter's configured `timeout`
+    /// (forever when it has none).
+    ///
+    /// A rate slot is reserved at once and the call sleeps until it begins;
+    /// if the earliest slot lies beyond the timeout, nothing is reserved and
+    /// the call fails at once with [`Error::Timeout`]. Dropping the future
+    /// while it waits leaves no concurrency slot held (a rate slot already
+    /// reserved stays spent: that errs towards admitting less).
+    pub async fn acquire(&self) -> Result<Permit> {
+        match self.shared.spec.timeout {
+            Some(t) => self.acquire_timeout(t).await,
+            None => self.run(Deadline::NEVER).await,
+        }
+    }
+
+    /// Like [`acquire`](Self::acquire), bounded by `timeout` instead of the configured one.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
+        self.run(Deadline::after(timeout)).await
+    }
+
+    /// A permit if one is free right now, without waiting; `None` otherwise.
+    pub async fn try_acquire(&self) -> Result<Option<Permit>> {
+        match self.obtain(Wait::No).await? {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                self.shared.metrics.record_timeout();
+                Ok(None)
+            }
+        }
+    }
+
+    async fn run(&self, deadline: Deadline) -> Result<Permit> {
+        match self.obtain(Wait::Until(deadline)).await? {
+            Ok(permit) => Ok(permit),
+            Err(refusal) => {
+                self.shared.metrics.record_timeout();
+                Err(self.timeout_error(deadline.asked.unwrap_or(Duration::MAX), refusal))
+            }
+        }
+    }
+
+    pub(crate) fn timeout_error(&self, timeout: Duration, refusal: Refusal) -> Error {
+        Error::Timeout {
+            limiter: self.shared.name.to_string(),
+            timeout,
+            retry_after: refusal.retry_after,
+            reason: refusal.by.as_str(),
+        }
+    }
+
+    /// The whole decision (see the module docs).
+    async fn obtain(&self, wait: Wait) -> Result<Result<Permit, Refusal>> {
+        let start = Instant::now();
+        let spec = &self.shared.spec;
+        let lease = match &spec.concurrency {
+            None => None,
+            Some(c) => match self.take_slot(c, wait).await? {
+                Ok(lease) => lease,
+                Err(refusal) => return Ok(Err(refusal)),
+            },
+        };
+        let mut slot = None;
+        let mut overshoot = Duration::ZERO;
+        if let Some(rate) = &spec.rate {
+            let horizon = self.shared.engine.reservation_horizon(rate);
+            let answer = loop {
+                let remaining = wait.remaining().unwrap_or(Duration::MAX);
+                let max_wait = horizon.map_or(remaining, |h| remaining.min(h));
+                let answer = self.shared.engine.reserve(self.ctx(), rate, max_wait).await;
+                match (answer, horizon) {
+                    // Refused by the store's horizon, not by the caller's
+                    // bound: sleep until the slot comes within it, unreserved.
+                    (Ok(Reservation::Denied { retry_after }), Some(h))
+                        if retry_after <= remaining && retry_after > h =>
+                    {
+                        tokio::time::sleep((retry_after - h).max(Duration::from_millis(1))).await;
+                    }
+                    (answer, _) => break answer,
+                }
+            };
+            match answer {
+                Ok(Reservation::Granted { wait, slot_unix_us }) => {
+                    slot = slot_unix_us;
+                    if !wait.is_zero() {
+                        // `lease` is held across the sleep; dropping this
+                        // future drops it and frees the slot.
+                        let due = Instant::now() + wait;
+                        tokio::time::sleep_until(due).await;
+                        overshoot = Instant::now().saturating_duration_since(due);
+                    }
+                }
+                Ok(Reservation::Denied { retry_after }) => {
+                    give_back(lease).await;
+                    return Ok(Err(Refusal {
+                        retry_after: Some(retry_after),
+                        by: Exhausted::of(rate),
+                    }));
+                }
+                Err(e) => {
+                    if let Err(denied) = self.backend_failure(e, "reserve") {
+                        give_back(lease).await;
+                        return Err(denied);
+                    }
+                }
+            }
+        }
+        let mut permit = self.grant(lease, start.elapsed());
+        permit.slot_unix_us = slot;
+        permit.overshoot = overshoot;
+        Ok(Ok(permit))
+    }
+
+    /// A permit for a request that `waited`, holding `lease`; counted.
+    pub(crate) fn grant(&self, lease: Option<LeaseGuard>, waited: Duration) -> Permit {
+        self.shared
+            .metrics
+            .record_acquisition_at(waited, Instant::now().into_std());
+        Permit::new(self.shared.name.clone(), lease, waited)
+    }
+
+    /// Takes a concurrency slot without waiting, for a decision over several
+    /// limiters: `Some(lease)` (or `None` where a failed store admits), or
+    /// `Err(None)` when the slots are full (counted as a cap reached), or
+    /// `Err(Some(error))` when a store failure denies.
+    pub(crate) async fn try_slot(
+        &self,
+        spec: &crate::quota::ConcurrencySpec,
+    ) -> std::result::Result<Option<LeaseGuard>, Option<Error>> {
+        match self.ask_for_slot(spec).await {
+            SlotAnswer::Taken(lease) => Ok(Some(lease)),
+            SlotAnswer::Full { .. } => {
+                self.shared.metrics.record_cap_reached();
+                Err(None)
+            }
+            SlotAnswer::Failed(e) => match self.backend_failure(e, "acquire_lease") {
+                Ok(()) => Ok(None),
+                Err(denied) => Err(Some(denied)),
+            },
+        }
+    }
+}
