@@ -1,7 +1,7 @@
 //! try_acquire on the NATS KV engine beside a raw async-nats `entry` +
 //! `update` loop on the same server, at 1, 16 and 64 tasks, on one key and
 //! on 1,000 keys, in one run; with the CAS conflict rate of each. The raw
-//! loop is `ratesync bench --baseline`'s NATS reference (src/bin/ratesync/bench/baseline.rs).
+//! loop is `ratesync bench --baseline`'s NATS reference (cli/src/bench/baseline.rs).
 //!
 //! Run with `cargo bench --bench nats` (NATS with JetStream at `NATS_URL`,
 //! default 127.0.0.1:4222). Rounds alternate ratesync and the raw loop so
@@ -10,7 +10,7 @@
 //! with the revision read, again on conflict.
 
 #[allow(dead_code)] // the other engines' references
-#[path = "../src/bin/ratesync/bench/baseline.rs"]
+#[path = "../cli/src/bench/baseline.rs"]
 mod baseline;
 mod common;
 

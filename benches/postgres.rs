@@ -10,7 +10,7 @@
 //! per key in the process, as the engine always does.
 
 #[allow(dead_code)] // the other engines' references
-#[path = "../src/bin/ratesync/bench/baseline.rs"]
+#[path = "../cli/src/bench/baseline.rs"]
 mod baseline;
 mod common;
 

@@ -12,7 +12,7 @@
 //! sharing one multiplexed connection; redis-benchmark's are connections.
 
 #[allow(dead_code)] // the other engines' references
-#[path = "../src/bin/ratesync/bench/baseline.rs"]
+#[path = "../cli/src/bench/baseline.rs"]
 mod baseline;
 mod common;
 

@@ -1,6 +1,6 @@
 //! Serves a registry's metrics on `GET /metrics` (OpenTelemetry with the
 //! Prometheus exporter) while a workload runs against it, then prints what a
-//! scrape returns. Run with `cargo run --example prometheus`; set
+//! scrape returns. Run with `cargo run --example prometheus --features prometheus`; set
 //! `RATESYNC_METRICS_ADDR` (default 127.0.0.1:9464) and `RATESYNC_RUN_SECONDS`
 //! (default 5), and point Prometheus at the address to watch it live.
 
