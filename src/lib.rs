@@ -21,6 +21,7 @@
 //! let per_user = api.key("user:42");                       // same policy, own counters
 //! drop((permit, other));                                   // frees the concurrency slots
 //! println!("{:?}", api.metrics());
+//! registry.close().await;           // before exiting: the dropped slots are given back
 //! # let _ = per_user; Ok(()) }
 //! ```
 //!
@@ -33,8 +34,13 @@
 //! See the README for the whole contract and the configuration reference.
 //!
 //! A permit dropped rather than released gives its slot back on a background
-//! task; call [`Registry::close`] before the program exits so the runtime
-//! does not shut down under it.
+//! task. A runtime that shuts down first would cancel that task and leave the
+//! slot held until its lease ran out, so the last handle of a [`Registry`]
+//! to go away waits for such releases (at most 5 s) on a multi-threaded
+//! runtime. A current-thread runtime cannot wait inside a drop: there it
+//! warns through `tracing`, and [`Registry::close`]`.await` before the
+//! program exits is the way (it is right on every runtime, and the examples
+//! use it).
 //!
 //! ## Modules
 //! - [`config`]: the TOML schema, `${VAR}` expansion and validation.

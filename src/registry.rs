@@ -51,6 +51,14 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+impl Drop for Inner {
+    /// The last handle of a registry is going away, perhaps at the end of
+    /// `main`: give the slots of dropped permits back first where it can.
+    fn drop(&mut self) {
+        crate::limiter::flush_on_drop();
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Self::new()

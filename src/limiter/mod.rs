@@ -20,8 +20,8 @@ pub(crate) use acquire::Exhausted;
 use acquire::{Refusal, Wait};
 pub(crate) use permit::LeaseGuard;
 pub use permit::Permit;
-pub(crate) use release::give_back;
 pub use release::wait_for_releases;
+pub(crate) use release::{flush_on_drop, give_back};
 
 use crate::engine::{ConcurrencyState, Ctx, Engine, RateState};
 use crate::error::{BackendError, Error, Result};

@@ -111,3 +111,40 @@ fn release_detached(limiter: &Limiter, holder: HolderId, count_failure: bool) {
             "permit dropped outside a tokio runtime; its slot frees itself when its lease runs out"),
     }
 }
+
+/// How long a registry going away waits for the releases in flight.
+const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
+
+/// Called when a registry goes away: a program that dropped its permits and
+/// returns from `main` would otherwise shut the runtime down under their
+/// releases, and the slots would stay held until their leases ran out. On a
+/// multi-threaded runtime this waits for them (at most 5 s, the thread
+/// blocked meanwhile); where it cannot wait (a current-thread runtime, whose
+/// one thread the releases need, or no runtime), it warns.
+pub(crate) fn flush_on_drop() {
+    let pending = BACKGROUND.running.load(Ordering::SeqCst);
+    if pending == 0 {
+        return;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok();
+    let multi_thread = handle
+        .as_ref()
+        .is_some_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    match handle {
+        Some(handle) if multi_thread => {
+            let done = tokio::task::block_in_place(|| {
+                handle.block_on(wait_for_releases(FLUSH_ON_DROP))
+            });
+            if !done {
+                tracing::warn!(
+                    pending = BACKGROUND.running.load(Ordering::SeqCst),
+                    "a registry went away and some concurrency slots were not given back within 5 s; they free themselves when their leases run out"
+                );
+            }
+        }
+        _ => tracing::warn!(
+            pending,
+            "a registry went away while concurrency slots were still being given back, and this runtime cannot wait for them here; call `Registry::close().await` before the program exits, or the slots stay held until their leases run out"
+        ),
+    }
+}

@@ -513,3 +513,9 @@ fn delete_bucket(bucket: &str) {
         }
     });
 }
+
+#[test]
+fn a_permit_dropped_before_exit_is_released() {
+    require!(nats_url());
+    scenarios::a_permit_dropped_before_exit_is_released(&NATS);
+}

@@ -384,3 +384,9 @@ fn an_acquire_dropped_mid_request_leaves_no_slot() {
     let _serial = serial();
     scenarios::cancelled_mid_request_leaves_no_slot(&REDIS);
 }
+
+#[test]
+fn a_permit_dropped_before_exit_is_released() {
+    require_redis!();
+    scenarios::a_permit_dropped_before_exit_is_released(&REDIS);
+}

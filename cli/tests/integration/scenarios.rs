@@ -609,3 +609,40 @@ pub fn cancelled_mid_request_leaves_no_slot(t: &Target) {
         assert!(a.is_some() && b.is_some());
     });
 }
+
+/// A program that drops its permit and returns from `main` without
+/// `Registry::close`: the registry's drop waits for the release, so the next
+/// program finds the slot free at once, not after the lease (60 s here).
+pub fn a_permit_dropped_before_exit_is_released(t: &Target) {
+    let config = t.config(
+        "exit",
+        "[limiters.jobs]\nstore = \"s\"\nmax_concurrent = 1\nlease_seconds = 60\n",
+    );
+    let mut left = Vec::new();
+    for round in 0..5 {
+        // The first program: a runtime of its own, gone when it returns.
+        runtime().block_on(async {
+            let registry = Registry::from_toml_str(&config).await.unwrap();
+            let permit = registry.limiter("jobs").unwrap().acquire().await.unwrap();
+            drop(permit);
+        });
+        // The next program.
+        runtime().block_on(async {
+            let registry = Registry::from_toml_str(&config).await.unwrap();
+            let jobs = registry.limiter("jobs").unwrap();
+            let held = jobs.state().await.unwrap().concurrency.unwrap().holders;
+            left.push(held);
+            assert_eq!(
+                held, 0,
+                "round {round}: the permit dropped before exit left its slot held"
+            );
+            let next = jobs.try_acquire().await.unwrap();
+            assert!(next.is_some(), "round {round}: the slot is not free");
+            next.unwrap().release().await.unwrap();
+        });
+    }
+    println!(
+        "{}: 5 programs dropped their permit and returned: slots left held {left:?}",
+        t.label
+    );
+}
