@@ -75,6 +75,8 @@ pub mod secret;
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
 pub mod testing;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "alerts"))]
+mod tls;
 pub mod window;
 
 pub use compose::check_all;

@@ -15,9 +15,7 @@ fn timeout(secs: Option<f64>, default: f64) -> Duration {
 }
 
 fn client(limit: Duration) -> reqwest::Client {
-    // rustls needs one process-wide crypto provider; another part of the
-    // program may have installed one already, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(limit)
         .build()
@@ -221,7 +219,7 @@ impl EmailChannel {
         let host = c.smtp_host.clone().unwrap_or_default();
         let port = c.smtp_port.unwrap_or(587);
         let mut builder = if c.starttls {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            crate::tls::install_crypto_provider();
             AsyncSmtpTransport::<lettre::Tokio1Executor>::starttls_relay(&host)
                 .map_err(|e| format!("alerts.channels.email.smtp_host {host:?}: {e}"))?
         } else {

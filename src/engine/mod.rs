@@ -23,7 +23,7 @@ mod stripes;
 
 pub use holder::HolderId;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
-pub(crate) use signal::ReleaseListener;
+pub(crate) use signal::{Listening, ReleaseListener};
 pub use signal::{ReleaseHub, ReleaseSignal};
 
 use crate::config::store::{SettingError, StoreConfig};

@@ -23,7 +23,7 @@ use super::stripes::KeyStripes;
 use super::{from_us, max_wait_arg, script_args, us, within};
 use super::{
     AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    Listening, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
@@ -41,7 +41,6 @@ use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
@@ -175,9 +174,7 @@ fn tls_for(config: &tokio_postgres::Config, ca_file: Option<&str>) -> Result<Tls
     if config.get_ssl_mode() != SslMode::Require {
         return Ok(Tls::None);
     }
-    // rustls needs one process-wide crypto provider; another part of the
-    // program may have installed one already, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -311,15 +308,18 @@ impl PostgresEngine {
 
     /// Starts the LISTEN connection on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
+        let (config, tls) = (self.pg_config.clone(), self.tls.clone());
+        let channel = format!("{}_released", self.schema);
         self.listener
-            .ensure(|listening| {
-                listen(
-                    self.pg_config.clone(),
-                    self.tls.clone(),
-                    format!("{}_released", self.schema),
-                    Arc::downgrade(&self.releases),
-                    listening,
-                )
+            .ensure("postgres LISTEN connection", &self.releases, move |l| {
+                let (config, tls, channel) = (config.clone(), tls.clone(), channel.clone());
+                async move {
+                    match tls {
+                        Tls::None => listen(&config, NoTls, &channel, l).await,
+                        Tls::Rustls(t) => listen(&config, t, &channel, l).await,
+                    }
+                    .map_err(|e| e.to_string())
+                }
             })
             .await;
     }
@@ -406,42 +406,13 @@ fn spawn_sweeper(pool: Pool, sql: String, every: Duration) -> AbortOnDrop {
     }))
 }
 
-/// Keeps one connection LISTENing on `channel`, reconnecting with backoff,
-/// and wakes local waiters for each notification. After every
-/// (re)connection it wakes all waiters, since releases may have been missed.
-async fn listen(
-    config: tokio_postgres::Config,
-    tls: Tls,
-    channel: String,
-    hub: std::sync::Weak<ReleaseHub>,
-    ready: watch::Sender<bool>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let result = match &tls {
-            Tls::None => listen_once(&config, NoTls, &channel, &hub, &ready).await,
-            Tls::Rustls(t) => listen_once(&config, t.clone(), &channel, &hub, &ready).await,
-        };
-        let _ = ready.send(false);
-        match result {
-            Ok(()) if hub.strong_count() == 0 => return,
-            Ok(()) => {
-                tracing::warn!("postgres LISTEN connection closed; reconnecting");
-                backoff = Duration::from_millis(100);
-            }
-            Err(e) => tracing::debug!(error = %e, "postgres LISTEN connection failed; retrying"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn listen_once<T>(
+/// One connection LISTENing on `channel`, waking local waiters for each
+/// notification until the connection ends.
+async fn listen<T>(
     config: &tokio_postgres::Config,
     tls: T,
     channel: &str,
-    hub: &std::sync::Weak<ReleaseHub>,
-    ready: &watch::Sender<bool>,
+    l: Listening,
 ) -> Result<(), tokio_postgres::Error>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
@@ -450,12 +421,12 @@ where
     let (client, mut connection) = config.connect(tls).await?;
     // The connection must be polled for LISTEN to complete, so it is driven
     // here and its notifications handed to the hub as they arrive.
-    let hub_for_conn = hub.clone();
+    let hub = l.clone();
     let driver = async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
             match message {
-                Ok(AsyncMessage::Notification(n)) => match hub_for_conn.upgrade() {
+                Ok(AsyncMessage::Notification(n)) => match hub.hub() {
                     Some(h) => h.notify(n.payload()),
                     None => return Ok(()),
                 },
@@ -469,10 +440,7 @@ where
         client
             .batch_execute(&format!("LISTEN \"{channel}\""))
             .await?;
-        let _ = ready.send(true);
-        if let Some(h) = hub.upgrade() {
-            h.notify_all();
-        }
+        l.started();
         // Keep the client (and so the connection) alive while the driver runs.
         std::future::pending::<()>().await;
         Ok::<(), tokio_postgres::Error>(())

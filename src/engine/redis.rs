@@ -25,8 +25,8 @@
 
 use super::{from_us, max_wait_arg, script_args, us};
 use super::{
-    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseHub,
-    ReleaseListener, ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening, RateState,
+    ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
@@ -44,7 +44,6 @@ use redis::Script;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 const LIB: &str = include_str!("../../engines/redis/lib.lua");
 
@@ -141,9 +140,7 @@ impl RedisEngine {
         let redacted = redact(&url);
         let connect_err = Error::connect(name, &redacted);
         if url.starts_with("rediss://") {
-            // rustls needs one process-wide crypto provider; another part of
-            // the program may have installed one already, which is fine.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            crate::tls::install_crypto_provider();
         }
         let client = match &config.tls_ca_file {
             // The given CA replaces the web PKI roots: a private Redis is
@@ -200,57 +197,37 @@ impl RedisEngine {
 
     /// Starts the pattern subscription on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
+        let (client, prefix) = (self.client.clone(), self.channel_prefix());
         self.listener
-            .ensure(|subscribed| {
-                listen(
-                    self.client.clone(),
-                    self.channel_prefix(),
-                    Arc::downgrade(&self.releases),
-                    subscribed,
-                )
+            .ensure("redis release subscription", &self.releases, move |l| {
+                listen(client.clone(), prefix.clone(), l)
             })
             .await;
     }
 }
 
-/// Keeps one PSUBSCRIBE on `{prefix}:released:*` alive, reconnecting with
-/// backoff, and wakes local waiters for each release message. After every
-/// (re)subscription it wakes all waiters, since releases may have been missed.
-async fn listen(
-    client: redis::Client,
-    channel_prefix: String,
-    hub: std::sync::Weak<ReleaseHub>,
-    subscribed: watch::Sender<bool>,
-) {
-    let pattern = format!("{channel_prefix}*");
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe(&pattern).await {
-                Ok(()) => {
-                    backoff = Duration::from_millis(100);
-                    let _ = subscribed.send(true);
-                    match hub.upgrade() {
-                        Some(h) => h.notify_all(),
-                        None => return,
-                    }
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let Some(h) = hub.upgrade() else { return };
-                        if let Some(key) = msg.get_channel_name().strip_prefix(&channel_prefix) {
-                            h.notify(key);
-                        }
-                    }
-                    let _ = subscribed.send(false);
-                    tracing::warn!("redis release subscription lost; reconnecting");
-                }
-                Err(e) => tracing::warn!(error = %e, "redis PSUBSCRIBE failed; retrying"),
-            },
-            Err(e) => tracing::debug!(error = %e, "redis pub/sub connection failed; retrying"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+/// One PSUBSCRIBE on `{prefix}:released:*`, waking local waiters for each
+/// release message until the connection ends.
+async fn listen(client: redis::Client, channel_prefix: String, l: Listening) -> Result<(), String> {
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| format!("pub/sub connection: {e}"))?;
+    pubsub
+        .psubscribe(format!("{channel_prefix}*"))
+        .await
+        .map_err(|e| format!("PSUBSCRIBE: {e}"))?;
+    if !l.started() {
+        return Ok(());
     }
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        let Some(h) = l.hub() else { return Ok(()) };
+        if let Some(key) = msg.get_channel_name().strip_prefix(&channel_prefix) {
+            h.notify(key);
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -102,19 +102,82 @@ pub(crate) struct ReleaseListener {
     started: std::sync::OnceLock<(super::AbortOnDrop, watch::Receiver<bool>)>,
 }
 
+/// One listening session's view of its hub: the engine's session calls
+/// [`started`](Self::started) once it listens, then hands each release to
+/// [`hub`](Self::hub).
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+#[derive(Clone)]
+pub(crate) struct Listening {
+    hub: std::sync::Weak<ReleaseHub>,
+    ready: Arc<watch::Sender<bool>>,
+}
+
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+impl Listening {
+    /// Marks the listener ready and wakes every waiter, since releases may
+    /// have been missed while it was not listening. False when the hub is
+    /// gone (the engine was dropped): the session should end.
+    pub(crate) fn started(&self) -> bool {
+        let _ = self.ready.send(true);
+        match self.hub.upgrade() {
+            Some(h) => {
+                h.notify_all();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The hub, while the engine lives.
+    pub(crate) fn hub(&self) -> Option<Arc<ReleaseHub>> {
+        self.hub.upgrade()
+    }
+}
+
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 impl ReleaseListener {
-    /// Spawns `listen(ready)` the first time (the task sends `true` on
-    /// `ready` whenever it listens, `false` when it lost its connection),
-    /// then waits at most a second until it listens, so the first waiter
-    /// does not miss an early release.
-    pub(crate) async fn ensure<F>(&self, listen: impl FnOnce(watch::Sender<bool>) -> F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
+    /// Spawns the listener the first time: `session` connects, subscribes,
+    /// calls [`Listening::started`] and feeds releases to the hub until its
+    /// connection ends (`Ok`: it had listened) or fails (`Err`: why). It is
+    /// run again after each end, with a backoff from 100 ms doubling to 2 s
+    /// (reset after a session that listened), until the hub is gone. Then
+    /// this waits at most a second until it listens, so the first waiter
+    /// does not miss an early release. `what` names it in logs.
+    pub(crate) async fn ensure<S, F>(
+        &self,
+        what: &'static str,
+        hub: &Arc<ReleaseHub>,
+        mut session: S,
+    ) where
+        S: FnMut(Listening) -> F + Send + 'static,
+        F: std::future::Future<Output = Result<(), String>> + Send,
     {
         let (_, ready) = self.started.get_or_init(|| {
             let (tx, rx) = watch::channel(false);
-            (super::AbortOnDrop(tokio::spawn(listen(tx))), rx)
+            let listening = Listening {
+                hub: Arc::downgrade(hub),
+                ready: Arc::new(tx),
+            };
+            let task = async move {
+                let mut backoff = std::time::Duration::from_millis(100);
+                loop {
+                    let result = session(listening.clone()).await;
+                    let _ = listening.ready.send(false);
+                    if listening.hub.strong_count() == 0 {
+                        return;
+                    }
+                    match result {
+                        Ok(()) => {
+                            tracing::warn!("{what} lost; reconnecting");
+                            backoff = std::time::Duration::from_millis(100);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "{what} failed; retrying"),
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+            };
+            (super::AbortOnDrop(tokio::spawn(task)), rx)
         });
         let mut ready = ready.clone();
         let _ =

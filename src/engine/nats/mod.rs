@@ -38,7 +38,7 @@ pub mod state;
 use super::stripes::KeyStripes;
 use super::{
     within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    Listening, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
@@ -59,7 +59,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Names this engine in errors.
 const ENGINE: &str = "nats";
@@ -378,14 +377,10 @@ impl NatsEngine {
 
     /// Starts the KV watch on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
+        let (kv, pattern) = (self.kv.clone(), format!("{}.c.>", self.prefix));
         self.listener
-            .ensure(|watching| {
-                listen(
-                    self.kv.clone(),
-                    format!("{}.c.>", self.prefix),
-                    Arc::downgrade(&self.releases),
-                    watching,
-                )
+            .ensure("nats KV watch", &self.releases, move |l| {
+                listen(kv.clone(), pattern.clone(), l)
             })
             .await;
     }
@@ -480,57 +475,38 @@ async fn probe(kv: &kv::Store, key: &str, clock: &ServerClock) -> Result<(), Bac
     Ok(())
 }
 
-/// Keeps one KV watch on the lease keys, re-established with backoff, and
-/// wakes local waiters of a key whose leases decreased. After every
-/// (re)start it wakes all waiters, since releases may have been missed.
-async fn listen(
-    kv: kv::Store,
-    pattern: String,
-    hub: std::sync::Weak<ReleaseHub>,
-    watching: watch::Sender<bool>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match kv.watch(&pattern).await {
-            Ok(mut updates) => {
-                backoff = Duration::from_millis(100);
-                let _ = watching.send(true);
-                match hub.upgrade() {
-                    Some(h) => h.notify_all(),
-                    None => return,
-                }
-                let mut leases: HashMap<String, usize> = HashMap::new();
-                while let Some(update) = updates.next().await {
-                    let Some(h) = hub.upgrade() else { return };
-                    let entry = match update {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "nats KV watch error");
-                            break;
-                        }
-                    };
-                    let held = match entry.operation {
-                        kv::Operation::Put => State::decode(&entry.value)
-                            .map(|s| lease::holders(&s.into_leases()).count())
-                            .unwrap_or(0),
-                        _ => 0,
-                    };
-                    if leases.len() >= CACHE_MAX {
-                        leases.clear();
-                    }
-                    match leases.insert(entry.key.clone(), held) {
-                        Some(before) if held >= before => {}
-                        _ => h.notify(&entry.key),
-                    }
-                }
-                let _ = watching.send(false);
-                tracing::warn!("nats KV watch ended; restarting it");
-            }
-            Err(e) => tracing::debug!(error = %e, "nats KV watch failed; retrying"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+/// One KV watch on the lease keys, waking local waiters of a key whose
+/// holders decreased, until the watch ends.
+async fn listen(kv: kv::Store, pattern: String, l: Listening) -> Result<(), String> {
+    let mut updates = kv.watch(&pattern).await.map_err(|e| e.to_string())?;
+    if !l.started() {
+        return Ok(());
     }
+    let mut leases: HashMap<String, usize> = HashMap::new();
+    while let Some(update) = updates.next().await {
+        let Some(h) = l.hub() else { return Ok(()) };
+        let entry = match update {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "nats KV watch error");
+                break;
+            }
+        };
+        let held = match entry.operation {
+            kv::Operation::Put => State::decode(&entry.value)
+                .map(|s| lease::holders(&s.into_leases()).count())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if leases.len() >= CACHE_MAX {
+            leases.clear();
+        }
+        match leases.insert(entry.key.clone(), held) {
+            Some(before) if held >= before => {}
+            _ => h.notify(&entry.key),
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
