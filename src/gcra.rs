@@ -14,8 +14,6 @@
 //! rounded up to a whole nanosecond, so the grants in any interval of length
 //! `t` never exceed `burst + rate * t` (docs/design.md, Promises: 1).
 
-use std::time::Duration;
-
 /// The parameters of one token bucket, precomputed from `rate` and `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Gcra {
@@ -158,16 +156,6 @@ impl Gcra {
     pub fn idle_after_ns(&self, tat: u64, now: u64) -> u64 {
         tat.saturating_sub(now)
     }
-}
-
-/// Converts nanoseconds to a `Duration`.
-pub(crate) fn ns(ns: u64) -> Duration {
-    Duration::from_nanos(ns)
-}
-
-/// Converts a `Duration` to nanoseconds, saturating.
-pub(crate) fn to_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -77,6 +77,7 @@ pub mod telemetry;
 pub mod testing;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "alerts"))]
 mod tls;
+mod units;
 pub mod window;
 
 pub use compose::check_all;

@@ -603,7 +603,7 @@ async fn reference(
     let store = &config.stores[&spec.store];
     let rate = spec.rate.as_ref();
     let (kind, p1, p2) = match rate {
-        Some(r) => ratesync::engine::script_args(r),
+        Some(r) => ratesync::engine::RateArgs::of(r).positional(),
         None => return Err("--baseline measures rate decisions; this limiter has no rate".into()),
     };
     let base_key = ratesync::StateKey::new(&format!("{limiter}.baseline"));

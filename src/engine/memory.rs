@@ -21,8 +21,9 @@ use crate::config::store::{SettingError, StoreConfig};
 use crate::quota::{ConcurrencySpec, RateSpec};
 
 use crate::error::BackendError;
-use crate::gcra::{self, ns, to_ns};
+use crate::gcra;
 use crate::lease::{self, Lease};
+use crate::units::{from_nanos, nanos};
 use crate::window;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
@@ -89,7 +90,7 @@ impl MemoryEngine {
 
     /// Nanoseconds since the engine was made. Starts at 1 so that 0 can mean "no state".
     fn now(&self) -> u64 {
-        to_ns(self.epoch.elapsed()) + 1
+        nanos(self.epoch.elapsed()) + 1
     }
 
     fn shard_index(&self, key: &str) -> usize {
@@ -226,15 +227,15 @@ impl Engine for MemoryEngine {
         let now = self.now();
         let mut shard = self.shard(ctx.key.encoded());
         let entry = shard.entry(ctx.key.encoded(), now);
-        let out = entry.decide(rate, now, to_ns(max_wait), true);
+        let out = entry.decide(rate, now, nanos(max_wait), true);
         entry.refresh_idle(Some(rate), now);
         Ok(match out {
             Ok(wait) => Reservation::Granted {
-                wait: ns(wait),
+                wait: from_nanos(wait),
                 slot_unix_us: None,
             },
             Err(retry) => Reservation::Denied {
-                retry_after: ns(retry),
+                retry_after: from_nanos(retry),
             },
         })
     }
@@ -253,7 +254,7 @@ impl Engine for MemoryEngine {
             }
         }
         let now = self.now();
-        let max_wait = to_ns(max_wait);
+        let max_wait = nanos(max_wait);
         // Lock every shard involved, in index order so two batches cannot deadlock.
         let mut indices: Vec<usize> = items
             .iter()
@@ -286,7 +287,7 @@ impl Engine for MemoryEngine {
             if let Err(retry) = entry.decide(rate, now, max_wait, false) {
                 return Ok(BatchReservation::Denied {
                     index,
-                    retry_after: ns(retry),
+                    retry_after: from_nanos(retry),
                 });
             }
         }
@@ -306,7 +307,9 @@ impl Engine for MemoryEngine {
             entry.grant_at(rate, now, now + wait);
             entry.refresh_idle(Some(rate), now);
         }
-        Ok(BatchReservation::Granted { wait: ns(wait) })
+        Ok(BatchReservation::Granted {
+            wait: from_nanos(wait),
+        })
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
@@ -338,14 +341,14 @@ impl Engine for MemoryEngine {
             &mut entry.leases,
             holder.as_str(),
             now,
-            to_ns(spec.lease),
+            nanos(spec.lease),
             spec.max,
         );
         entry.refresh_idle(None, now);
         Ok(match out {
             lease::Acquire::Acquired { holders } => LeaseOutcome::Acquired { holders },
             lease::Acquire::Full { retry_after_ns } => LeaseOutcome::Full {
-                retry_after: ns(retry_after_ns),
+                retry_after: from_nanos(retry_after_ns),
             },
         })
     }
@@ -361,7 +364,7 @@ impl Engine for MemoryEngine {
         let Some(entry) = shard.map.get_mut(ctx.key.encoded()) else {
             return Ok(false);
         };
-        let kept = lease::renew(&mut entry.leases, holder.as_str(), now, to_ns(lease));
+        let kept = lease::renew(&mut entry.leases, holder.as_str(), now, nanos(lease));
         entry.refresh_idle(None, now);
         Ok(kept)
     }
@@ -405,7 +408,7 @@ impl Engine for MemoryEngine {
         Ok(ConcurrencyState {
             holders: live.len() as u32,
             max: spec.max,
-            next_expiry: live.iter().min().map(|&t| ns(t - now)),
+            next_expiry: live.iter().min().map(|&t| from_nanos(t - now)),
         })
     }
 

@@ -20,11 +20,15 @@ pub mod redis;
 mod signal;
 #[cfg(any(feature = "postgres", feature = "nats"))]
 mod stripes;
+mod wire;
 
 pub use holder::HolderId;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 pub(crate) use signal::{Listening, ReleaseListener};
 pub use signal::{ReleaseHub, ReleaseSignal};
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) use wire::max_wait_arg;
+pub use wire::{script_args, RateArgs};
 
 use crate::config::store::{SettingError, StoreConfig};
 use crate::error::BackendError;
@@ -34,26 +38,6 @@ use crate::quota::{ConcurrencySpec, LimiterSpec, RateSpec};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::time::Duration;
-
-/// The parameters every engine-side script and SQL function takes for a
-/// rate, as `(kind, p1, p2)`: kind 1 is a token bucket (p1 the emission
-/// interval in µs, p2 the burst), kind 2 a sliding window (p1 the limit, p2
-/// the window in µs). Intervals round up, so a script never admits faster
-/// than the limit.
-pub fn script_args(rate: &RateSpec) -> (i32, i64, i64) {
-    match rate {
-        RateSpec::TokenBucket(g) => (
-            1,
-            i64::try_from(g.emission_ns().div_ceil(1000).max(1)).unwrap_or(i64::MAX),
-            i64::from(g.burst()),
-        ),
-        RateSpec::SlidingWindow(w) => (
-            2,
-            i64::from(w.limit()),
-            i64::try_from(w.window_ns().div_ceil(1000).max(1)).unwrap_or(i64::MAX),
-        ),
-    }
-}
 
 /// Engines that compute in whole microseconds (Redis and PostgreSQL) take
 /// token-bucket rates up to this; a faster rate would round to it silently.
@@ -157,66 +141,6 @@ pub enum RateState {
         /// Time until one more grant is possible (zero when one is).
         retry_after: Duration,
     },
-}
-
-/// A duration in whole microseconds, as scripts and SQL functions take it.
-#[cfg(any(feature = "redis", feature = "postgres"))]
-pub(crate) fn us(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// Microseconds from a script or SQL function (negative reads as zero).
-#[cfg(any(feature = "redis", feature = "postgres"))]
-pub(crate) fn from_us(v: i64) -> Duration {
-    Duration::from_micros(u64::try_from(v).unwrap_or(0))
-}
-
-/// `max_wait` as the scripts and SQL functions take it: microseconds, -1 for
-/// unbounded (anything past a century).
-#[cfg(any(feature = "redis", feature = "postgres"))]
-pub(crate) fn max_wait_arg(d: Duration) -> i64 {
-    if d >= Duration::from_secs(100 * 365 * 86_400) {
-        -1
-    } else {
-        us(d)
-    }
-}
-
-impl Reservation {
-    /// Decodes what the reserve script and SQL function answer: whether a
-    /// slot was reserved, microseconds until it (or, refused, until the
-    /// earliest one), and the slot's start in Unix microseconds.
-    #[cfg(any(feature = "redis", feature = "postgres"))]
-    pub(crate) fn from_wire(granted: bool, wait_us: i64, slot_unix_us: i64) -> Self {
-        if granted {
-            Reservation::Granted {
-                wait: from_us(wait_us),
-                slot_unix_us: u64::try_from(slot_unix_us).ok(),
-            }
-        } else {
-            Reservation::Denied {
-                retry_after: from_us(wait_us),
-            }
-        }
-    }
-}
-
-impl BatchReservation {
-    /// Decodes what the batch script and SQL function answer: whether every
-    /// key reserved, microseconds to wait, and the 1-based item that refused.
-    #[cfg(any(feature = "redis", feature = "postgres"))]
-    pub(crate) fn from_wire(granted: bool, wait_us: i64, refused: i64) -> Self {
-        if granted {
-            BatchReservation::Granted {
-                wait: from_us(wait_us),
-            }
-        } else {
-            BatchReservation::Denied {
-                index: usize::try_from(refused - 1).unwrap_or(0),
-                retry_after: from_us(wait_us),
-            }
-        }
-    }
 }
 
 impl RateState {

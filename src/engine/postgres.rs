@@ -20,7 +20,7 @@
 //! `sweep_seconds`, so no table grows without bound.
 
 use super::stripes::KeyStripes;
-use super::{from_us, max_wait_arg, script_args, us, within};
+use super::{max_wait_arg, script_args, within};
 use super::{
     AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
     Listening, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
@@ -31,14 +31,12 @@ use crate::duration::{seconds, Range};
 use crate::quota::LimiterSpec;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::secret::redact;
+use crate::units::micros;
 
 use crate::error::{BackendError, Error};
-use crate::gcra::Gcra;
-use crate::window::SlidingWindow;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::config::SslMode;
@@ -519,20 +517,7 @@ impl Engine for PostgresEngine {
         let key = self.key(&ctx);
         let row = self.one(&self.sql.rate_state, &[&key]).await?;
         let (now, tat, grants): (i64, i64, Vec<i64>) = (row.get(0), row.get(1), row.get(2));
-        let ns = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
-        let (_, p1, p2) = script_args(rate);
-        // The same math as the functions, at their microsecond granularity.
-        Ok(match rate {
-            RateSpec::TokenBucket(g) => {
-                let g_us = Gcra::with_emission_ns(ns(p1), g.burst());
-                RateState::of_bucket(&g_us, (tat > 0).then(|| ns(tat)), ns(now))
-            }
-            RateSpec::SlidingWindow(w) => {
-                let w_us = SlidingWindow::new(w.limit(), ns(p2)).unwrap_or(*w);
-                let grants: VecDeque<u64> = grants.into_iter().map(ns).collect();
-                RateState::of_window(&w_us, &grants, ns(now))
-            }
-        })
+        Ok(RateState::from_wire(rate, now, tat, &grants))
     }
 
     async fn acquire_lease(
@@ -547,19 +532,11 @@ impl Engine for PostgresEngine {
             .one_per_key(
                 &[&key],
                 &self.sql.lease_acquire,
-                &[&key, &holder.as_str(), &us(spec.lease), &max],
+                &[&key, &holder.as_str(), &micros(spec.lease), &max],
             )
             .await?;
         let (acquired, n): (bool, i64) = (row.get(0), row.get(1));
-        Ok(if acquired {
-            LeaseOutcome::Acquired {
-                holders: u32::try_from(n).unwrap_or(u32::MAX),
-            }
-        } else {
-            LeaseOutcome::Full {
-                retry_after: from_us(n),
-            }
-        })
+        Ok(LeaseOutcome::from_wire(acquired, n))
     }
 
     async fn renew_lease(
@@ -570,7 +547,10 @@ impl Engine for PostgresEngine {
     ) -> Result<bool, BackendError> {
         let key = self.key(&ctx);
         let row = self
-            .one(&self.sql.lease_renew, &[&key, &holder.as_str(), &us(lease)])
+            .one(
+                &self.sql.lease_renew,
+                &[&key, &holder.as_str(), &micros(lease)],
+            )
             .await?;
         Ok(row.get(0))
     }
@@ -594,11 +574,7 @@ impl Engine for PostgresEngine {
         let key = self.key(&ctx);
         let row = self.one(&self.sql.lease_state, &[&key]).await?;
         let (now, holders, first): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        Ok(ConcurrencyState {
-            holders: u32::try_from(holders).unwrap_or(0),
-            max: spec.max,
-            next_expiry: (first > 0).then(|| from_us(first - now)),
-        })
+        Ok(ConcurrencyState::from_wire(spec.max, now, holders, first))
     }
 
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {

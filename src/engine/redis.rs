@@ -23,7 +23,7 @@
 //! rounded *up* to a whole microsecond (admitting slightly less, never more):
 //! at 10,000/s it is exact; at 7,000/s the admitted rate is 6,993/s.
 
-use super::{from_us, max_wait_arg, script_args, us};
+use super::{max_wait_arg, script_args, RateArgs};
 use super::{
     BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening, RateState,
     ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
@@ -33,15 +33,13 @@ use crate::config::store::StoreConfig;
 use crate::quota::LimiterSpec;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::secret::redact;
+use crate::units::micros;
 
 use crate::error::{BackendError, Error};
-use crate::gcra::Gcra;
-use crate::window::SlidingWindow;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -276,35 +274,21 @@ impl Engine for RedisEngine {
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
-        let (kind, _, _) = script_args(rate);
         let mut conn = self.conn.clone();
         let r: Vec<i64> = self
             .scripts
             .rate_state
             .key(self.rate_key(&ctx))
-            .arg(kind)
+            .arg(RateArgs::of(rate).kind())
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
-        let ns = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
-        let now = ns(*r
-            .first()
-            .ok_or_else(|| BackendError::new("redis", "empty reply to rate_state"))?);
-        // The same math as the script, at the script's microsecond granularity.
-        Ok(match rate {
-            RateSpec::TokenBucket(g) => {
-                let (_, p1, _) = script_args(rate);
-                let g_us = Gcra::with_emission_ns(ns(p1), g.burst());
-                let tat = r.get(1).copied().filter(|&t| t > 0).map(ns);
-                RateState::of_bucket(&g_us, tat, now)
-            }
-            RateSpec::SlidingWindow(w) => {
-                let (_, _, p2) = script_args(rate);
-                let w_us = SlidingWindow::new(w.limit(), ns(p2)).unwrap_or(*w);
-                let grants: VecDeque<u64> = r[1..].iter().map(|&v| ns(v)).collect();
-                RateState::of_window(&w_us, &grants, now)
-            }
-        })
+        let (&now, rest) = r
+            .split_first()
+            .ok_or_else(|| BackendError::new("redis", "empty reply to rate_state"))?;
+        // A bucket answers its TAT, a window its grants.
+        let tat = rest.first().copied().unwrap_or(0);
+        Ok(RateState::from_wire(rate, now, tat, rest))
     }
 
     async fn acquire_lease(
@@ -320,19 +304,12 @@ impl Engine for RedisEngine {
             .key(self.lease_key(&ctx))
             .key(self.fence_key(&ctx))
             .arg(holder.as_str())
-            .arg(us(spec.lease))
+            .arg(micros(spec.lease))
             .arg(spec.max)
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
-        Ok(match r {
-            (1, holders) => LeaseOutcome::Acquired {
-                holders: u32::try_from(holders).unwrap_or(u32::MAX),
-            },
-            (_, retry) => LeaseOutcome::Full {
-                retry_after: from_us(retry),
-            },
-        })
+        Ok(LeaseOutcome::from_wire(r.0 == 1, r.1))
     }
 
     async fn renew_lease(
@@ -347,7 +324,7 @@ impl Engine for RedisEngine {
             .lease_renew
             .key(self.lease_key(&ctx))
             .arg(holder.as_str())
-            .arg(us(lease))
+            .arg(micros(lease))
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
@@ -383,11 +360,7 @@ impl Engine for RedisEngine {
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
-        Ok(ConcurrencyState {
-            holders: u32::try_from(holders).unwrap_or(0),
-            max: spec.max,
-            next_expiry: (first > 0).then(|| from_us(first - now)),
-        })
+        Ok(ConcurrencyState::from_wire(spec.max, now, holders, first))
     }
 
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {

@@ -46,6 +46,7 @@ use crate::duration::{seconds, Range};
 use crate::quota::LimiterSpec;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::secret::redact;
+use crate::units::nanos;
 
 use crate::error::{BackendError, Error};
 use crate::{gcra, lease, window};
@@ -117,10 +118,6 @@ impl std::fmt::Debug for NatsEngine {
 
 fn backend(e: impl std::fmt::Display) -> BackendError {
     BackendError::new(ENGINE, e.to_string())
-}
-
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn created_ns(entry: &kv::Entry) -> i64 {
@@ -541,7 +538,7 @@ impl Engine for NatsEngine {
         let key = self.key("r", &ctx);
         // Never beyond the horizon, whoever calls (the limiter already
         // keeps to it; this guards direct callers of the engine).
-        let max_wait = ns(max_wait.min(self.reservation_horizon(rate).unwrap_or(max_wait)));
+        let max_wait = nanos(max_wait.min(self.reservation_horizon(rate).unwrap_or(max_wait)));
         let rate = *rate;
         self.decide(&ctx, &key, move |state, now| {
             let outcome = match rate {
@@ -606,7 +603,7 @@ impl Engine for NatsEngine {
         spec: &ConcurrencySpec,
     ) -> Result<LeaseOutcome, BackendError> {
         let key = self.key("c", &ctx);
-        let (ttl, max) = (ns(spec.lease), spec.max);
+        let (ttl, max) = (nanos(spec.lease), spec.max);
         self.decide(&ctx, &key, |state, now| {
             let mut leases = state.into_leases();
             match lease::acquire(&mut leases, holder.as_str(), now, ttl, max) {
@@ -628,7 +625,7 @@ impl Engine for NatsEngine {
         lease_for: Duration,
     ) -> Result<bool, BackendError> {
         let key = self.key("c", &ctx);
-        let ttl = ns(lease_for);
+        let ttl = nanos(lease_for);
         self.decide(&ctx, &key, |state, now| {
             let mut leases = state.into_leases();
             if lease::renew(&mut leases, holder.as_str(), now, ttl) {
