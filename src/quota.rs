@@ -5,9 +5,10 @@
 //! the engines and [`Limiter`](crate::Limiter) speak only this vocabulary,
 //! never TOML. (governor calls its equivalent a `Quota`.)
 
-use crate::gcra::Gcra;
-use crate::window::SlidingWindow;
+use crate::gcra::{self, Gcra};
+use crate::window::{self, SlidingWindow};
 use serde::Deserialize;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// What a limiter does when its store fails.
@@ -85,5 +86,92 @@ impl LimiterSpec {
     pub fn state_lifetime(&self) -> Duration {
         let rate = self.rate.map_or(Duration::ZERO, |r| r.state_lifetime());
         rate.max(self.concurrency.map_or(Duration::ZERO, |c| c.lease))
+    }
+}
+
+/// One key's rate state, as the engines that decide in Rust (memory, NATS)
+/// keep it: a bucket's theoretical arrival time, or a window's grant times
+/// (ns on the engine's clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateCell {
+    /// Token bucket: the theoretical arrival time, if the key has one.
+    pub tat: Option<u64>,
+    /// Sliding window: the grants still in (or ahead of) the window.
+    pub grants: VecDeque<u64>,
+}
+
+impl RateSpec {
+    /// The one rate decision every Rust-side engine makes (governor's
+    /// `measure_and_replace`): reads `cell` at `now`, and either grants a
+    /// slot `Ok(wait_ns)` from now, no later than `max_wait_ns`, replacing
+    /// the cell with the state after the grant (when `commit`), or refuses
+    /// with `Err(retry_after_ns)`, leaving the cell as it was (a window
+    /// trimmed of grants that have left it).
+    pub fn measure_and_replace(
+        &self,
+        cell: &mut RateCell,
+        now: u64,
+        max_wait_ns: u64,
+        commit: bool,
+    ) -> Result<u64, u64> {
+        match self {
+            RateSpec::TokenBucket(g) => match g.decide(cell.tat, now, 1, max_wait_ns) {
+                gcra::Decision::Granted { wait_ns, new_tat } => {
+                    if commit {
+                        cell.tat = Some(new_tat);
+                    }
+                    Ok(wait_ns)
+                }
+                gcra::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+            },
+            RateSpec::SlidingWindow(w) => {
+                w.trim(&mut cell.grants, now);
+                match w.decide(&cell.grants, now, max_wait_ns) {
+                    window::Decision::Granted { wait_ns } => {
+                        if commit {
+                            w.record(&mut cell.grants, now, wait_ns);
+                        }
+                        Ok(wait_ns)
+                    }
+                    window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+                }
+            }
+        }
+    }
+
+    /// Stores a grant that starts at `at` (>= `now`), no earlier than
+    /// [`measure_and_replace`](Self::measure_and_replace) allowed: the
+    /// bucket charged as if the request arrived at `at`, the window with the
+    /// grant at `at`.
+    pub fn record_at(&self, cell: &mut RateCell, now: u64, at: u64) {
+        match self {
+            RateSpec::TokenBucket(g) => {
+                if let gcra::Decision::Granted { new_tat, .. } = g.decide(cell.tat, at, 1, u64::MAX)
+                {
+                    cell.tat = Some(new_tat);
+                }
+            }
+            RateSpec::SlidingWindow(w) => {
+                w.trim(&mut cell.grants, now);
+                w.record(&mut cell.grants, now, at.saturating_sub(now));
+            }
+        }
+    }
+
+    /// How long after `now` the cell still holds something: past it the key
+    /// is a full bucket or an empty window and may be forgotten.
+    pub fn idle_after_ns(&self, cell: &RateCell, now: u64) -> u64 {
+        match self {
+            RateSpec::TokenBucket(g) => cell.tat.map_or(0, |t| g.idle_after_ns(t, now)),
+            RateSpec::SlidingWindow(w) => w.idle_after_ns(&cell.grants, now),
+        }
+    }
+
+    /// The state a reader sees at `now` (nothing consumed).
+    pub fn state_of(&self, cell: &RateCell, now: u64) -> crate::engine::RateState {
+        match self {
+            RateSpec::TokenBucket(g) => crate::engine::RateState::of_bucket(g, cell.tat, now),
+            RateSpec::SlidingWindow(w) => crate::engine::RateState::of_window(w, &cell.grants, now),
+        }
     }
 }

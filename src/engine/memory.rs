@@ -18,15 +18,13 @@ use super::{
     ReleaseSignal, Reservation,
 };
 use crate::config::store::{SettingError, StoreConfig};
-use crate::quota::{ConcurrencySpec, RateSpec};
+use crate::quota::{ConcurrencySpec, RateCell, RateSpec};
 
 use crate::error::BackendError;
-use crate::gcra;
 use crate::lease::{self, Lease};
 use crate::units::{from_nanos, nanos};
-use crate::window;
 use async_trait::async_trait;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -39,10 +37,8 @@ const MIN_SWEEP_LEN: usize = 64;
 /// The state of one key. A key carries at most one rate state and one set of leases.
 #[derive(Debug, Default)]
 struct Entry {
-    /// Token bucket: the theoretical arrival time (0 = none).
-    tat: u64,
-    /// Sliding window: recent grants.
-    window: VecDeque<u64>,
+    /// The rate limit's state.
+    rate: RateCell,
     /// Concurrency: current holders.
     leases: Vec<Lease>,
     /// When this entry holds nothing any more and may be dropped.
@@ -146,69 +142,11 @@ impl Shard {
 
 impl Entry {
     fn refresh_idle(&mut self, rate: Option<&RateSpec>, now: u64) {
-        let rate_idle = match rate {
-            Some(RateSpec::TokenBucket(g)) => g.idle_after_ns(self.tat, now),
-            Some(RateSpec::SlidingWindow(w)) => w.idle_after_ns(&self.window, now),
-            None => 0,
-        };
+        let rate_idle = rate.map_or(0, |r| r.idle_after_ns(&self.rate, now));
         let lease_idle = lease::idle_after_ns(&self.leases, now);
         let keep = rate_idle.max(lease_idle);
         // Never shorten: another policy on the same key may need longer.
         self.idle_at = self.idle_at.max(now.saturating_add(keep));
-    }
-
-    /// Decides one rate slot; `commit` stores it when granted.
-    /// Stores a grant that starts at `at`, no earlier than `decide` allowed.
-    /// A later start is charged from when it is used: the bucket as if the
-    /// request arrived at `at`, the window with the grant at `at`.
-    fn grant_at(&mut self, rate: &RateSpec, now: u64, at: u64) {
-        match rate {
-            RateSpec::TokenBucket(g) => {
-                let tat = (self.tat != 0).then_some(self.tat);
-                if let gcra::Decision::Granted { new_tat, .. } = g.decide(tat, at, 1, u64::MAX) {
-                    self.tat = new_tat;
-                }
-            }
-            RateSpec::SlidingWindow(w) => {
-                w.trim(&mut self.window, now);
-                w.record(&mut self.window, now, at - now);
-            }
-        }
-    }
-
-    fn decide(
-        &mut self,
-        rate: &RateSpec,
-        now: u64,
-        max_wait: u64,
-        commit: bool,
-    ) -> Result<u64, u64> {
-        match rate {
-            RateSpec::TokenBucket(g) => {
-                let tat = (self.tat != 0).then_some(self.tat);
-                match g.decide(tat, now, 1, max_wait) {
-                    gcra::Decision::Granted { wait_ns, new_tat } => {
-                        if commit {
-                            self.tat = new_tat;
-                        }
-                        Ok(wait_ns)
-                    }
-                    gcra::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
-                }
-            }
-            RateSpec::SlidingWindow(w) => {
-                w.trim(&mut self.window, now);
-                match w.decide(&self.window, now, max_wait) {
-                    window::Decision::Granted { wait_ns } => {
-                        if commit {
-                            w.record(&mut self.window, now, wait_ns);
-                        }
-                        Ok(wait_ns)
-                    }
-                    window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
-                }
-            }
-        }
     }
 }
 
@@ -227,7 +165,7 @@ impl Engine for MemoryEngine {
         let now = self.now();
         let mut shard = self.shard(ctx.key.encoded());
         let entry = shard.entry(ctx.key.encoded(), now);
-        let out = entry.decide(rate, now, nanos(max_wait), true);
+        let out = rate.measure_and_replace(&mut entry.rate, now, nanos(max_wait), true);
         entry.refresh_idle(Some(rate), now);
         Ok(match out {
             Ok(wait) => Reservation::Granted {
@@ -284,7 +222,7 @@ impl Engine for MemoryEngine {
         for (index, (ctx, rate)) in items.iter().enumerate() {
             let pos = shard_of(&mut guards, ctx.key.encoded());
             let entry = guards[pos].1.entry(ctx.key.encoded(), now);
-            if let Err(retry) = entry.decide(rate, now, max_wait, false) {
+            if let Err(retry) = rate.measure_and_replace(&mut entry.rate, now, max_wait, false) {
                 return Ok(BatchReservation::Denied {
                     index,
                     retry_after: from_nanos(retry),
@@ -297,14 +235,14 @@ impl Engine for MemoryEngine {
         for (ctx, rate) in items {
             let pos = shard_of(&mut guards, ctx.key.encoded());
             let entry = guards[pos].1.entry(ctx.key.encoded(), now);
-            if let Ok(w) = entry.decide(rate, now, max_wait, false) {
+            if let Ok(w) = rate.measure_and_replace(&mut entry.rate, now, max_wait, false) {
                 wait = wait.max(w);
             }
         }
         for (ctx, rate) in items {
             let pos = shard_of(&mut guards, ctx.key.encoded());
             let entry = guards[pos].1.entry(ctx.key.encoded(), now);
-            entry.grant_at(rate, now, now + wait);
+            rate.record_at(&mut entry.rate, now, now + wait);
             entry.refresh_idle(Some(rate), now);
         }
         Ok(BatchReservation::Granted {
@@ -315,17 +253,9 @@ impl Engine for MemoryEngine {
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
         let now = self.now();
         let shard = self.shard(ctx.key.encoded());
-        let entry = shard.map.get(ctx.key.encoded());
-        Ok(match rate {
-            RateSpec::TokenBucket(g) => {
-                let tat = entry.map(|e| e.tat).filter(|&t| t != 0);
-                RateState::of_bucket(g, tat, now)
-            }
-            RateSpec::SlidingWindow(w) => {
-                let empty = VecDeque::new();
-                RateState::of_window(w, entry.map_or(&empty, |e| &e.window), now)
-            }
-        })
+        let empty = RateCell::default();
+        let cell = shard.map.get(ctx.key.encoded()).map_or(&empty, |e| &e.rate);
+        Ok(rate.state_of(cell, now))
     }
 
     async fn acquire_lease(

@@ -49,7 +49,7 @@ use crate::secret::redact;
 use crate::units::nanos;
 
 use crate::error::{BackendError, Error};
-use crate::{gcra, lease, window};
+use crate::lease;
 use async_nats::jetstream::{self, kv, stream};
 use async_trait::async_trait;
 use clock::ServerClock;
@@ -541,25 +541,10 @@ impl Engine for NatsEngine {
         let max_wait = nanos(max_wait.min(self.reservation_horizon(rate).unwrap_or(max_wait)));
         let rate = *rate;
         self.decide(&ctx, &key, move |state, now| {
-            let outcome = match rate {
-                RateSpec::TokenBucket(g) => match g.decide(state.tat(), now, 1, max_wait) {
-                    gcra::Decision::Granted { wait_ns, new_tat } => {
-                        Ok((wait_ns, State::Bucket { tat: new_tat }))
-                    }
-                    gcra::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
-                },
-                RateSpec::SlidingWindow(w) => {
-                    let mut grants = state.into_grants();
-                    w.trim(&mut grants, now);
-                    match w.decide(&grants, now, max_wait) {
-                        window::Decision::Granted { wait_ns } => {
-                            w.record(&mut grants, now, wait_ns);
-                            Ok((wait_ns, State::Window { grants }))
-                        }
-                        window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
-                    }
-                }
-            };
+            let mut cell = state.into_cell();
+            let outcome = rate
+                .measure_and_replace(&mut cell, now, max_wait, true)
+                .map(|wait_ns| (wait_ns, State::of_cell(&rate, cell)));
             match outcome {
                 Ok((wait_ns, new)) => Step::Write(
                     new,
@@ -590,10 +575,7 @@ impl Engine for NatsEngine {
         let key = self.key("r", &ctx);
         let (_, state, created) = self.read(&key).await?;
         let now = created.map_or(self.clock.now_ns(), |c| self.clock.now_at_least(c));
-        Ok(match rate {
-            RateSpec::TokenBucket(g) => RateState::of_bucket(g, state.tat(), now),
-            RateSpec::SlidingWindow(w) => RateState::of_window(w, &state.into_grants(), now),
-        })
+        Ok(rate.state_of(&state.into_cell(), now))
     }
 
     async fn acquire_lease(

@@ -11,6 +11,7 @@
 //! Integers are little-endian. An absent or deleted key is the empty state.
 
 use crate::lease::Lease;
+use crate::quota::{RateCell, RateSpec};
 use std::collections::VecDeque;
 
 /// The layout this build writes and reads.
@@ -160,19 +161,26 @@ impl State {
         out
     }
 
-    /// The bucket's TAT, if this is a bucket.
-    pub fn tat(&self) -> Option<u64> {
+    /// The rate state, for a decision ([`RateSpec::measure_and_replace`]).
+    pub fn into_cell(self) -> RateCell {
         match self {
-            State::Bucket { tat } => Some(*tat),
-            _ => None,
+            State::Bucket { tat } => RateCell {
+                tat: Some(tat),
+                grants: VecDeque::new(),
+            },
+            State::Window { grants } => RateCell { tat: None, grants },
+            _ => RateCell::default(),
         }
     }
 
-    /// The window's grants (empty for any other state).
-    pub fn into_grants(self) -> VecDeque<u64> {
-        match self {
-            State::Window { grants } => grants,
-            _ => VecDeque::new(),
+    /// The state to store for `rate` after a decision left `cell`.
+    pub fn of_cell(rate: &RateSpec, cell: RateCell) -> State {
+        match (rate, cell.tat) {
+            (RateSpec::TokenBucket(_), Some(tat)) => State::Bucket { tat },
+            (RateSpec::TokenBucket(_), None) => State::Empty,
+            (RateSpec::SlidingWindow(_), _) => State::Window {
+                grants: cell.grants,
+            },
         }
     }
 
