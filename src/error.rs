@@ -23,7 +23,8 @@ pub enum Error {
         timeout: Duration,
         /// How long until a permit could be had, where the engine knows.
         retry_after: Option<Duration>,
-        /// What was exhausted: "rate" or "concurrency".
+        /// What was exhausted: "rate" (a token bucket), "window" (a sliding
+        /// window) or "concurrency".
         reason: &'static str,
     },
 

@@ -166,12 +166,4 @@ impl RateSpec {
             RateSpec::SlidingWindow(w) => w.idle_after_ns(&cell.grants, now),
         }
     }
-
-    /// The state a reader sees at `now` (nothing consumed).
-    pub fn state_of(&self, cell: &RateCell, now: u64) -> crate::engine::RateState {
-        match self {
-            RateSpec::TokenBucket(g) => crate::engine::RateState::of_bucket(g, cell.tat, now),
-            RateSpec::SlidingWindow(w) => crate::engine::RateState::of_window(w, &cell.grants, now),
-        }
-    }
 }

@@ -255,7 +255,7 @@ impl Engine for MemoryEngine {
         let shard = self.shard(ctx.key.encoded());
         let empty = RateCell::default();
         let cell = shard.map.get(ctx.key.encoded()).map_or(&empty, |e| &e.rate);
-        Ok(rate.state_of(cell, now))
+        Ok(RateState::of_cell(rate, cell, now))
     }
 
     async fn acquire_lease(

@@ -144,6 +144,14 @@ pub enum RateState {
 }
 
 impl RateState {
+    /// The state a reader of `cell` sees at `now_ns` (nothing consumed).
+    pub fn of_cell(rate: &RateSpec, cell: &crate::quota::RateCell, now_ns: u64) -> Self {
+        match rate {
+            RateSpec::TokenBucket(g) => RateState::of_bucket(g, cell.tat, now_ns),
+            RateSpec::SlidingWindow(w) => RateState::of_window(w, &cell.grants, now_ns),
+        }
+    }
+
     /// A token bucket's state at `now_ns`, given its theoretical arrival time
     /// (`None`: the key has no state, the bucket is full).
     pub fn of_bucket(g: &crate::gcra::Gcra, tat_ns: Option<u64>, now_ns: u64) -> Self {

@@ -1,90 +1,13 @@
 //! The whole decision: a concurrency slot first (so no rate token is spent
 //! while queueing for a slot), then a rate slot, then the sleep until it.
 
-use super::release::give_back;
-use super::slot::SlotAnswer;
+use super::permit::give_back;
+use super::wait::{Deadline, Exhausted, Refusal, Wait};
 use super::{LeaseGuard, Limiter, Permit};
 use crate::engine::Reservation;
 use crate::error::{Error, Result};
-use crate::quota::RateSpec;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// How long a request may wait.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Wait {
-    /// Not at all (`try_acquire`).
-    No,
-    /// Until the deadline.
-    Until(Deadline),
-}
-
-/// A bound on waiting: the instant it ends (`None`: never) and, for
-/// messages, the bound the caller asked for.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
-    at: Option<Instant>,
-    asked: Option<Duration>,
-}
-
-impl Deadline {
-    const NEVER: Deadline = Deadline {
-        at: None,
-        asked: None,
-    };
-
-    fn after(timeout: Duration) -> Self {
-        Deadline {
-            at: Instant::now().checked_add(timeout),
-            asked: Some(timeout),
-        }
-    }
-}
-
-impl Wait {
-    /// Time left now; `None` means unbounded. Reads the clock only for a deadline.
-    pub(crate) fn remaining(self) -> Option<Duration> {
-        match self {
-            Wait::No => Some(Duration::ZERO),
-            Wait::Until(d) => d.at.map(|at| at.saturating_duration_since(Instant::now())),
-        }
-    }
-}
-
-/// Which limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exhausted {
-    /// No concurrency slot came free.
-    Concurrency,
-    /// The token bucket's next slot lies beyond the bound.
-    Rate,
-    /// The sliding window's next slot lies beyond the bound.
-    Window,
-}
-
-impl Exhausted {
-    pub(crate) fn of(rate: &RateSpec) -> Self {
-        match rate {
-            RateSpec::TokenBucket(_) => Exhausted::Rate,
-            RateSpec::SlidingWindow(_) => Exhausted::Window,
-        }
-    }
-
-    /// The name [`Error::Timeout`]'s `reason` carries.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Exhausted::Concurrency => "concurrency",
-            Exhausted::Rate => "rate",
-            Exhausted::Window => "window",
-        }
-    }
-}
-
-/// Why a request got no permit, before it becomes `None` or `Error::Timeout`.
-pub(crate) struct Refusal {
-    pub(crate) retry_after: Option<Duration>,
-    pub(crate) by: Exhausted,
-}
 
 impl Limiter {
     /// Waits for a permit, bounded by the limiter's configured `timeout`
@@ -205,26 +128,5 @@ impl Limiter {
             .metrics
             .record_acquisition_at(waited, Instant::now().into_std());
         Permit::new(self.shared.name.clone(), lease, waited)
-    }
-
-    /// Takes a concurrency slot without waiting, for a decision over several
-    /// limiters: `Some(lease)` (or `None` where a failed store admits), or
-    /// `Err(None)` when the slots are full (counted as a cap reached), or
-    /// `Err(Some(error))` when a store failure denies.
-    pub(crate) async fn try_slot(
-        &self,
-        spec: &crate::quota::ConcurrencySpec,
-    ) -> std::result::Result<Option<LeaseGuard>, Option<Error>> {
-        match self.ask_for_slot(spec).await {
-            SlotAnswer::Taken(lease) => Ok(Some(lease)),
-            SlotAnswer::Full { .. } => {
-                self.shared.metrics.record_cap_reached();
-                Err(None)
-            }
-            SlotAnswer::Failed(e) => match self.backend_failure(e, "acquire_lease") {
-                Ok(()) => Ok(None),
-                Err(denied) => Err(Some(denied)),
-            },
-        }
     }
 }

@@ -4,24 +4,25 @@
 //! them: it sleeps until a reserved rate slot begins (docs/design.md, Promises: 4), waits
 //! for a released concurrency slot, bounds all of it by a timeout, applies
 //! the limiter's failure mode when the store fails, and records metrics.
-
 //!
-//! One concept per module: [`acquire`](self) (`acquire.rs`) is the whole
+//! One concept per module: `acquire.rs` is the whole
 //! decision and its waiting; `slot.rs` takes a concurrency slot, queueing
 //! for a release; `permit.rs` is what a grant hands out and the lease it
-//! holds; `release.rs` gives slots back when permits are dropped.
+//! holds; `release.rs` gives slots back when permits are dropped;
+//! `wait.rs` says how long a request may wait and why it got nothing.
 
 mod acquire;
 mod permit;
 mod release;
 mod slot;
+mod wait;
 
-pub(crate) use acquire::Exhausted;
-use acquire::{Refusal, Wait};
+pub(crate) use permit::give_back;
 pub(crate) use permit::LeaseGuard;
 pub use permit::Permit;
+pub(crate) use release::flush_on_drop;
 pub use release::wait_for_releases;
-pub(crate) use release::{flush_on_drop, give_back};
+pub(crate) use wait::Exhausted;
 
 use crate::engine::{ConcurrencyState, Ctx, Engine, RateState};
 use crate::error::{BackendError, Error, Result};

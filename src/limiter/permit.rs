@@ -230,3 +230,13 @@ async fn renew_until_lost(
         "concurrency lease lost while its permit is alive: another holder may have the slot; stop the work the permit guards (Permit::lost)");
     let _ = lost.send(true);
 }
+
+/// Frees a slot taken for a request that was then refused, before answering:
+/// a caller that exits right after the refusal must not leave it held.
+pub(crate) async fn give_back(lease: Option<LeaseGuard>) {
+    if let Some(lease) = lease {
+        if let Err(e) = lease.release().await {
+            tracing::warn!(error = %e, "could not give back a concurrency slot; it frees itself when its lease runs out");
+        }
+    }
+}

@@ -1,20 +1,10 @@
 //! Giving slots back: at once where the engine can, else on a background
 //! task counted so that a program can wait for it before it exits.
 
-use super::{LeaseGuard, Limiter};
+use super::Limiter;
 use crate::engine::HolderId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// Frees a slot taken for a request that was then refused, before answering:
-/// a caller that exits right after the refusal must not leave it held.
-pub(crate) async fn give_back(lease: Option<LeaseGuard>) {
-    if let Some(lease) = lease {
-        if let Err(e) = lease.release().await {
-            tracing::warn!(error = %e, "could not give back a concurrency slot; it frees itself when its lease runs out");
-        }
-    }
-}
 
 /// Releases running in the background (permits dropped rather than released),
 /// counted so that a program can wait for them before it exits: a runtime

@@ -3,9 +3,11 @@
 //! woken by the store's release signal (or a poll, should it be lost).
 
 use super::release::{release_after_failure, Running};
-use super::{Exhausted, LeaseGuard, Limiter, Refusal, Wait};
+use super::wait::{Exhausted, Refusal, Wait};
+use super::LeaseGuard;
+use super::Limiter;
 use crate::engine::{HolderId, LeaseOutcome, ReleaseSignal};
-use crate::error::{BackendError, Result};
+use crate::error::{BackendError, Error, Result};
 use crate::quota::ConcurrencySpec;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -60,6 +62,27 @@ impl Limiter {
                 release_after_failure(self, holder.clone());
                 SlotAnswer::Failed(e)
             }
+        }
+    }
+
+    /// Takes a concurrency slot without waiting, for a decision over several
+    /// limiters: `Some(lease)` (or `None` where a failed store admits), or
+    /// `Err(None)` when the slots are full (counted as a cap reached), or
+    /// `Err(Some(error))` when a store failure denies.
+    pub(crate) async fn try_slot(
+        &self,
+        spec: &ConcurrencySpec,
+    ) -> std::result::Result<Option<LeaseGuard>, Option<Error>> {
+        match self.ask_for_slot(spec).await {
+            SlotAnswer::Taken(lease) => Ok(Some(lease)),
+            SlotAnswer::Full { .. } => {
+                self.shared.metrics.record_cap_reached();
+                Err(None)
+            }
+            SlotAnswer::Failed(e) => match self.backend_failure(e, "acquire_lease") {
+                Ok(()) => Ok(None),
+                Err(denied) => Err(Some(denied)),
+            },
         }
     }
 

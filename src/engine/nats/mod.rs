@@ -575,7 +575,7 @@ impl Engine for NatsEngine {
         let key = self.key("r", &ctx);
         let (_, state, created) = self.read(&key).await?;
         let now = created.map_or(self.clock.now_ns(), |c| self.clock.now_at_least(c));
-        Ok(rate.state_of(&state.into_cell(), now))
+        Ok(RateState::of_cell(rate, &state.into_cell(), now))
     }
 
     async fn acquire_lease(
