@@ -32,28 +32,31 @@
 //! `<prefix>.c.>`: an update that leaves a key with fewer leases wakes the
 //! local waiters of that key; a 500 ms poll in the limiter is the fallback.
 
+mod bucket;
 pub mod clock;
+mod settings;
 pub mod state;
+mod watch;
+
+pub(crate) use settings::{check_limiter, check_settings};
+pub use settings::{MAX_CONCURRENT, MAX_WINDOW_LIMIT};
 
 use super::stripes::KeyStripes;
 use super::{
     within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    Listening, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
-use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
-use crate::duration::{seconds, Range};
-use crate::quota::LimiterSpec;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::secret::redact;
 use crate::units::nanos;
 
 use crate::error::{BackendError, Error};
 use crate::lease;
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
+use bucket::open_bucket;
 use clock::ServerClock;
-use futures_util::StreamExt;
 use rand::Rng;
 use state::State;
 use std::collections::HashMap;
@@ -68,7 +71,7 @@ const ENGINE: &str = "nats";
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// Cached (revision, state) pairs kept at most; the cache is cleared when full.
-const CACHE_MAX: usize = 10_000;
+pub(super) const CACHE_MAX: usize = 10_000;
 
 /// Compare-and-set counters of one engine, for tests and benches.
 #[derive(Debug, Default)]
@@ -377,84 +380,9 @@ impl NatsEngine {
         let (kv, pattern) = (self.kv.clone(), format!("{}.c.>", self.prefix));
         self.listener
             .ensure("nats KV watch", &self.releases, move |l| {
-                listen(kv.clone(), pattern.clone(), l)
+                watch::listen(kv.clone(), pattern.clone(), l)
             })
             .await;
-    }
-}
-
-/// Opens the bucket, creating its stream with the KV settings when absent.
-/// Creating the stream directly (rather than `create_key_value`) works on
-/// nats-server 2.9, whose account info lacks fields newer clients expect.
-async fn open_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    max_age: Duration,
-) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        ensure_max_age(js, bucket, max_age).await?;
-        return Ok(store);
-    }
-    let config = stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        max_age,
-        duplicate_window: max_age.min(Duration::from_secs(120)),
-        storage: stream::StorageType::File,
-        num_replicas: 1,
-        ..Default::default()
-    };
-    if let Err(e) = js.create_stream(config).await {
-        // Another process may have created it in the meantime.
-        tracing::debug!(error = %e, bucket, "creating the KV stream failed; opening it instead");
-    }
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| format!("cannot open or create bucket {bucket}: {e}"))
-}
-
-/// An existing bucket that forgets keys sooner than `max_age_seconds` says
-/// would forget reservations the engine made in good faith: it is raised to
-/// the configured age, or the store is refused naming both values. A longer
-/// age than configured is kept (state then lives longer, which is safe).
-async fn ensure_max_age(
-    js: &jetstream::Context,
-    bucket: &str,
-    max_age: Duration,
-) -> Result<(), String> {
-    let name = format!("KV_{bucket}");
-    let mut stream = js
-        .get_stream(&name)
-        .await
-        .map_err(|e| format!("cannot read the settings of bucket {bucket}: {e}"))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| format!("cannot read the settings of bucket {bucket}: {e}"))?;
-    let current = info.config.max_age;
-    if current.is_zero() || current >= max_age {
-        return Ok(());
-    }
-    let mut config = info.config.clone();
-    config.max_age = max_age;
-    match js.update_stream(config).await {
-        Ok(_) => {
-            tracing::info!(bucket, from_s = current.as_secs_f64(), to_s = max_age.as_secs_f64(),
-                "raised the bucket's max age to max_age_seconds");
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "bucket {bucket} keeps keys for {:.0} s, but max_age_seconds = {:.0}, and raising it failed ({e}); \
-             raise the bucket's max age (nats kv edit / stream edit KV_{bucket}) or lower max_age_seconds to {:.0}",
-            current.as_secs_f64(),
-            max_age.as_secs_f64(),
-            current.as_secs_f64()
-        )),
     }
 }
 
@@ -469,40 +397,6 @@ async fn probe(kv: &kv::Store, key: &str, clock: &ServerClock) -> Result<(), Bac
         .map_err(backend)?
         .ok_or_else(|| backend("the clock probe key vanished"))?;
     clock.record_probe(t0, t1, created_ns(&entry));
-    Ok(())
-}
-
-/// One KV watch on the lease keys, waking local waiters of a key whose
-/// holders decreased, until the watch ends.
-async fn listen(kv: kv::Store, pattern: String, l: Listening) -> Result<(), String> {
-    let mut updates = kv.watch(&pattern).await.map_err(|e| e.to_string())?;
-    if !l.started() {
-        return Ok(());
-    }
-    let mut leases: HashMap<String, usize> = HashMap::new();
-    while let Some(update) = updates.next().await {
-        let Some(h) = l.hub() else { return Ok(()) };
-        let entry = match update {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::debug!(error = %e, "nats KV watch error");
-                break;
-            }
-        };
-        let held = match entry.operation {
-            kv::Operation::Put => State::decode(&entry.value)
-                .map(|s| lease::holders(&s.into_leases()).count())
-                .unwrap_or(0),
-            _ => 0,
-        };
-        if leases.len() >= CACHE_MAX {
-            leases.clear();
-        }
-        match leases.insert(entry.key.clone(), held) {
-            Some(before) if held >= before => {}
-            _ => h.notify(&entry.key),
-        }
-    }
     Ok(())
 }
 
@@ -657,97 +551,4 @@ impl Engine for NatsEngine {
         self.ensure_listener().await;
         Ok(signal)
     }
-}
-
-/// NATS engine settings: a `nats://` or `tls://` url, a bucket and key
-/// prefix that are valid NATS names, at least one CAS attempt, and a max age.
-pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
-    if let Some(t) = store.max_age_seconds {
-        // A bucket forgets keys no sooner than a second.
-        seconds(t, Range::at_least(1.0)).map_err(|m| ("max_age_seconds", m))?;
-    }
-    if let Some(b) = &store.bucket {
-        if b.is_empty()
-            || !b
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-        {
-            return Err((
-                "bucket",
-                format!("may contain only letters, digits, _ and -, got {b:?}"),
-            ));
-        }
-    }
-    if store.max_cas_retries == Some(0) {
-        return Err(("max_cas_retries", "must be >= 1, got 0".into()));
-    }
-    if let Some(p) = &store.key_prefix {
-        if p.contains(':') || p.starts_with('.') || p.ends_with('.') || p.contains("..") {
-            return Err((
-                "key_prefix",
-                format!("NATS keys cannot contain `:` or empty `.` tokens; use letters, digits and - _ . /, got {p:?}"),
-            ));
-        }
-    }
-    let url = store.required_url("url = \"nats://127.0.0.1:4222\"")?;
-    if !["nats://", "tls://"].iter().any(|s| url.starts_with(s)) {
-        return Err((
-            "url",
-            format!(
-                "must start with nats:// or tls:// (TLS), got {:?}",
-                redact(url)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The highest sliding-window limit: NATS keeps a window's grants in one KV
-/// value (8 bytes each) under the server's 1 MiB payload limit.
-pub const MAX_WINDOW_LIMIT: u32 = 100_000;
-
-/// The most concurrency slots: NATS keeps a key's holders in one KV value
-/// (about 40 bytes each).
-pub const MAX_CONCURRENT: u32 = 20_000;
-
-/// A NATS bucket forgets untouched keys after its max age, so it must keep
-/// them as long as a limiter's state matters (or a forgotten bucket would
-/// admit a burst), and a key's grants or holders must fit in one value.
-pub(crate) fn check_limiter(spec: &LimiterSpec, store: &StoreConfig) -> Result<(), SettingError> {
-    let needed = spec.state_lifetime();
-    if needed > store.max_age() {
-        return Err((
-            "",
-            format!(
-                "its state matters for {:.0} s after each change, longer than store `{}` keeps an untouched key (max_age_seconds = {:.0}); raise max_age_seconds",
-                needed.as_secs_f64().ceil(),
-                spec.store,
-                store.max_age().as_secs_f64()
-            ),
-        ));
-    }
-    if let Some(RateSpec::SlidingWindow(w)) = spec.rate {
-        if w.limit() > MAX_WINDOW_LIMIT {
-            return Err((
-                "limit",
-                format!(
-                    "must be at most {MAX_WINDOW_LIMIT} with store `{}` (engine nats keeps a window's grants in one value under the 1 MiB payload limit), got {}; use a token bucket or another engine",
-                    spec.store,
-                    w.limit()
-                ),
-            ));
-        }
-    }
-    if let Some(c) = spec.concurrency {
-        if c.max > MAX_CONCURRENT {
-            return Err((
-                "max_concurrent",
-                format!(
-                    "must be at most {MAX_CONCURRENT} with store `{}` (engine nats keeps a key's holders in one value under the 1 MiB payload limit), got {}",
-                    spec.store, c.max
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -19,16 +19,23 @@
 //! reconnecting by itself. A background task deletes idle rows every
 //! `sweep_seconds`, so no table grows without bound.
 
+mod listen;
+mod schema;
+mod settings;
+mod tls;
+
+pub(crate) use settings::{check_limiter, check_settings};
+
+use schema::{migrate, spawn_sweeper, sweep_all};
+use tls::{tls_for, Tls};
+
 use super::stripes::KeyStripes;
 use super::{max_wait_arg, script_args, within};
 use super::{
     AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    Listening, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
-use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
-use crate::duration::{seconds, Range};
-use crate::quota::LimiterSpec;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::secret::redact;
 use crate::units::micros;
@@ -39,21 +46,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
-
-/// The migrations, in order: (version, SQL with `__SCHEMA__` for the schema).
-const MIGRATIONS: &[(i32, &str)] = &[
-    (1, include_str!("../../engines/postgres/001_init.sql")),
-    (2, include_str!("../../engines/postgres/002_fences.sql")),
-];
+use tokio_postgres::{NoTls, Row};
 
 /// How long a released holder stays fenced (see [`crate::lease::FENCE_NS`]).
 const FENCE_US: i64 = (crate::lease::FENCE_NS / 1000) as i64;
-
-/// Idle rows deleted per table by one sweep call; a sweep repeats while full.
-const SWEEP_BATCH: i32 = 5_000;
 
 /// The PostgreSQL engine (see the module docs).
 pub struct PostgresEngine {
@@ -102,13 +99,6 @@ impl Statements {
     }
 }
 
-/// How connections are made: plain, or TLS when the URL says `sslmode=require`.
-#[derive(Clone)]
-enum Tls {
-    None,
-    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
-}
-
 impl std::fmt::Debug for PostgresEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresEngine")
@@ -125,7 +115,7 @@ const ENGINE: &str = "postgres";
 /// A failed request, with its causes: tokio-postgres says only `db error`
 /// and keeps the server's message (`index row size ... exceeds ...`) in the
 /// source. Redacted, since a server message may quote a DSN.
-fn backend(e: impl std::error::Error) -> BackendError {
+pub(super) fn backend(e: impl std::error::Error) -> BackendError {
     BackendError::new(ENGINE, crate::secret::redact(&causes(&e)))
 }
 
@@ -146,7 +136,7 @@ fn causes(e: &dyn std::error::Error) -> String {
 /// An error with its causes (tokio-postgres keeps the useful part, such as
 /// why a TLS handshake failed, in the source), and what to do about a
 /// certificate the client does not trust.
-fn full(e: &dyn std::error::Error) -> String {
+pub(super) fn full(e: &dyn std::error::Error) -> String {
     let mut text = causes(e);
     if text.contains("UnknownIssuer") || text.contains("certificate") {
         text.push_str(
@@ -162,42 +152,6 @@ fn release_tag(state_key: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// TLS when the URL says `sslmode=require`, verifying the server against the
-/// web PKI roots and `tls_ca_file`. Unlike libpq's `require`, the certificate
-/// is always verified: an unverified connection would hand the password to
-/// anyone in the middle.
-fn tls_for(config: &tokio_postgres::Config, ca_file: Option<&str>) -> Result<Tls, String> {
-    if config.get_ssl_mode() != SslMode::Require {
-        return Ok(Tls::None);
-    }
-    crate::tls::install_crypto_provider();
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let certs =
-            CertificateDer::pem_file_iter(path).map_err(|e| format!("tls_ca_file {path}: {e}"))?;
-        let mut added = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("tls_ca_file {path}: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("tls_ca_file {path}: {e}"))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("tls_ca_file {path}: no PEM certificate in it"));
-        }
-    }
-    let client = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
-        client,
-    )))
 }
 
 impl PostgresEngine {
@@ -313,139 +267,13 @@ impl PostgresEngine {
                 let (config, tls, channel) = (config.clone(), tls.clone(), channel.clone());
                 async move {
                     match tls {
-                        Tls::None => listen(&config, NoTls, &channel, l).await,
-                        Tls::Rustls(t) => listen(&config, t, &channel, l).await,
+                        Tls::None => listen::listen(&config, NoTls, &channel, l).await,
+                        Tls::Rustls(t) => listen::listen(&config, t, &channel, l).await,
                     }
                     .map_err(|e| e.to_string())
                 }
             })
             .await;
-    }
-}
-
-/// Applies the migrations not yet recorded in `<schema>.schema_version`, in
-/// one transaction serialised by an advisory lock on the schema's name.
-async fn migrate(pool: &Pool, schema: &str) -> Result<(), String> {
-    let mut client = pool.get().await.map_err(|e| full(&e))?;
-    let tx = client.transaction().await.map_err(|e| e.to_string())?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('ratesync.migrate'), hashtext($1))",
-        &[&schema],
-    )
-    .await
-    .map_err(|e| format!("taking the migration lock: {e}"))?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.schema_version (
-           version int PRIMARY KEY,
-           applied_at timestamptz NOT NULL DEFAULT now());"
-    ))
-    .await
-    .map_err(|e| format!("creating schema {schema}: {e}"))?;
-    let current: i32 = tx
-        .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > newest {
-        return Err(format!(
-            "schema {schema} is at version {current}, newer than this build of ratesync knows ({newest}); upgrade ratesync or use another schema"
-        ));
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        tx.batch_execute(&sql.replace("__SCHEMA__", schema))
-            .await
-            .map_err(|e| format!("applying migration {version} to schema {schema}: {e}"))?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"),
-            &[version],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        tracing::info!(schema, version, "ratesync schema migrated");
-    }
-    tx.commit().await.map_err(|e| e.to_string())
-}
-
-async fn sweep_all(pool: &Pool, sql: &str) -> Result<u64, BackendError> {
-    let client = pool.get().await.map_err(backend)?;
-    let stmt = client.prepare_cached(sql).await.map_err(backend)?;
-    let mut total = 0u64;
-    loop {
-        let deleted: i64 = client
-            .query_one(&stmt, &[&SWEEP_BATCH])
-            .await
-            .map_err(backend)?
-            .get(0);
-        total += u64::try_from(deleted).unwrap_or(0);
-        if deleted < i64::from(SWEEP_BATCH) {
-            return Ok(total);
-        }
-    }
-}
-
-fn spawn_sweeper(pool: Pool, sql: String, every: Duration) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match sweep_all(&pool, &sql).await {
-                Ok(n) if n > 0 => tracing::debug!(deleted = n, "postgres sweep"),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "postgres sweep failed; retrying later"),
-            }
-        }
-    }))
-}
-
-/// One connection LISTENing on `channel`, waking local waiters for each
-/// notification until the connection ends.
-async fn listen<T>(
-    config: &tokio_postgres::Config,
-    tls: T,
-    channel: &str,
-    l: Listening,
-) -> Result<(), tokio_postgres::Error>
-where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    T::Stream: Send + 'static,
-{
-    let (client, mut connection) = config.connect(tls).await?;
-    // The connection must be polled for LISTEN to complete, so it is driven
-    // here and its notifications handed to the hub as they arrive.
-    let hub = l.clone();
-    let driver = async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => match hub.hub() {
-                    Some(h) => h.notify(n.payload()),
-                    None => return Ok(()),
-                },
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    };
-    let subscribe = async {
-        client
-            .batch_execute(&format!("LISTEN \"{channel}\""))
-            .await?;
-        l.started();
-        // Keep the client (and so the connection) alive while the driver runs.
-        std::future::pending::<()>().await;
-        Ok::<(), tokio_postgres::Error>(())
-    };
-    tokio::select! {
-        r = driver => r,
-        r = subscribe => r,
     }
 }
 
@@ -583,50 +411,6 @@ impl Engine for PostgresEngine {
         self.ensure_listener().await;
         Ok(signal)
     }
-}
-
-/// Postgres engine settings: a URL or key=value DSN, a pool of at least
-/// one connection, a plain lower-case schema name, and a sweep interval.
-pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
-    if let Some(t) = store.sweep_seconds {
-        // A sweep less often than every 10 ms is all a sweep needs.
-        seconds(t, Range::at_least(0.01)).map_err(|m| ("sweep_seconds", m))?;
-    }
-    if store.pool_size == Some(0) {
-        return Err(("pool_size", "must be >= 1, got 0".into()));
-    }
-    if let Some(schema) = &store.schema {
-        let mut chars = schema.chars();
-        let valid = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && schema.len() <= 50;
-        if !valid {
-            return Err((
-                "schema",
-                format!("must be a lower-case SQL name ([a-z_][a-z0-9_]*, at most 50 characters), got {schema:?}"),
-            ));
-        }
-    }
-    let url = store.required_url(
-        "url = \"postgres://user@127.0.0.1:5432/app\" (or dsn = \"host=... dbname=...\")",
-    )?;
-    url.parse::<tokio_postgres::Config>().map_err(|e| {
-        (
-            "url",
-            format!(
-                "is not a valid PostgreSQL URL or key=value DSN ({e}): {:?}",
-                redact(url)
-            ),
-        )
-    })?;
-    Ok(())
-}
-
-/// Postgres computes in whole microseconds: faster token buckets are refused.
-pub(crate) fn check_limiter(spec: &LimiterSpec, store: &StoreConfig) -> Result<(), SettingError> {
-    super::check_microsecond_rate(spec, store)
 }
 
 #[cfg(test)]

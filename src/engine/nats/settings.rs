@@ -1,0 +1,99 @@
+//! The NATS store's settings and the limits one KV value sets, checked at load.
+
+use crate::config::store::{SettingError, StoreConfig};
+use crate::duration::{seconds, Range};
+use crate::quota::{LimiterSpec, RateSpec};
+use crate::secret::redact;
+
+/// NATS engine settings: a `nats://` or `tls://` url, a bucket and key
+/// prefix that are valid NATS names, at least one CAS attempt, and a max age.
+pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
+    if let Some(t) = store.max_age_seconds {
+        // A bucket forgets keys no sooner than a second.
+        seconds(t, Range::at_least(1.0)).map_err(|m| ("max_age_seconds", m))?;
+    }
+    if let Some(b) = &store.bucket {
+        if b.is_empty()
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
+            return Err((
+                "bucket",
+                format!("may contain only letters, digits, _ and -, got {b:?}"),
+            ));
+        }
+    }
+    if store.max_cas_retries == Some(0) {
+        return Err(("max_cas_retries", "must be >= 1, got 0".into()));
+    }
+    if let Some(p) = &store.key_prefix {
+        if p.contains(':') || p.starts_with('.') || p.ends_with('.') || p.contains("..") {
+            return Err((
+                "key_prefix",
+                format!("NATS keys cannot contain `:` or empty `.` tokens; use letters, digits and - _ . /, got {p:?}"),
+            ));
+        }
+    }
+    let url = store.required_url("url = \"nats://127.0.0.1:4222\"")?;
+    if !["nats://", "tls://"].iter().any(|s| url.starts_with(s)) {
+        return Err((
+            "url",
+            format!(
+                "must start with nats:// or tls:// (TLS), got {:?}",
+                redact(url)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The highest sliding-window limit: NATS keeps a window's grants in one KV
+/// value (8 bytes each) under the server's 1 MiB payload limit.
+pub const MAX_WINDOW_LIMIT: u32 = 100_000;
+
+/// The most concurrency slots: NATS keeps a key's holders in one KV value
+/// (about 40 bytes each).
+pub const MAX_CONCURRENT: u32 = 20_000;
+
+/// A NATS bucket forgets untouched keys after its max age, so it must keep
+/// them as long as a limiter's state matters (or a forgotten bucket would
+/// admit a burst), and a key's grants or holders must fit in one value.
+pub(crate) fn check_limiter(spec: &LimiterSpec, store: &StoreConfig) -> Result<(), SettingError> {
+    let needed = spec.state_lifetime();
+    if needed > store.max_age() {
+        return Err((
+            "",
+            format!(
+                "its state matters for {:.0} s after each change, longer than store `{}` keeps an untouched key (max_age_seconds = {:.0}); raise max_age_seconds",
+                needed.as_secs_f64().ceil(),
+                spec.store,
+                store.max_age().as_secs_f64()
+            ),
+        ));
+    }
+    if let Some(RateSpec::SlidingWindow(w)) = spec.rate {
+        if w.limit() > MAX_WINDOW_LIMIT {
+            return Err((
+                "limit",
+                format!(
+                    "must be at most {MAX_WINDOW_LIMIT} with store `{}` (engine nats keeps a window's grants in one value under the 1 MiB payload limit), got {}; use a token bucket or another engine",
+                    spec.store,
+                    w.limit()
+                ),
+            ));
+        }
+    }
+    if let Some(c) = spec.concurrency {
+        if c.max > MAX_CONCURRENT {
+            return Err((
+                "max_concurrent",
+                format!(
+                    "must be at most {MAX_CONCURRENT} with store `{}` (engine nats keeps a key's holders in one value under the 1 MiB payload limit), got {}",
+                    spec.store, c.max
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
