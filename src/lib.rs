@@ -43,15 +43,22 @@
 //! use it).
 //!
 //! ## Modules
-//! - [`config`]: the TOML schema, `${VAR}` expansion and validation.
-//! - [`Registry`], [`Limiter`], [`Permit`]: the API.
+//! - [`Registry`], [`Limiter`], [`Permit`], [`check_all`]: the API.
+//! - [`config`]: the TOML schema (`store`, `limiter`), `${VAR}` expansion
+//!   (`env`) and validation; [`quota`]: the validated limits the engines
+//!   receive, and the one rate decision over a state cell.
 //! - [`engine`]: the trait every backend implements, and the engines: `memory`
 //!   (in-process, always), `redis` (feature `redis`: one Lua script call per
-//!   decision) and `postgres` (feature `postgres`: one PL/pgSQL function call
-//!   per decision). A store picks one in the configuration:
+//!   decision), `postgres` (feature `postgres`: one PL/pgSQL function call per
+//!   decision) and `nats` (feature `nats`: JetStream KV, compare-and-set on
+//!   revisions). A store picks one in the configuration:
 //!   `[stores.shared] engine = "redis", url = "redis://127.0.0.1:6379"`.
 //! - [`gcra`], [`window`], [`lease`]: the pure limiting math, shared by engines.
-//! - [`metrics`]: per-limiter counters and snapshots.
+//! - [`metrics`]: per-limiter counters and snapshots; `telemetry` (feature
+//!   `prometheus`): OpenTelemetry instruments and `/metrics`.
+//! - [`alert`]: the `[alerts]` table, the alert loop and its channels.
+//! - [`secret`], [`duration`]: secrets that never print, durations in range.
+//! - [`audit`]: checks recorded grants against a limit.
 //! - [`testing`]: helpers for your own tests.
 
 #![warn(missing_docs)]

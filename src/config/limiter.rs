@@ -178,13 +178,7 @@ pub(crate) fn validate_limiter(
                             format!("must be a positive number, got {rate}"),
                         ));
                     }
-                    let burst = lim.burst.unwrap_or(1);
-                    if burst < 1 {
-                        return Err(err("burst", format!("must be >= 1, got {burst}")));
-                    }
-                    let burst = u32::try_from(burst).map_err(|_| {
-                        err("burst", format!("must be <= {}, got {burst}", u32::MAX))
-                    })?;
+                    let burst = count(lim.burst.unwrap_or(1)).map_err(|m| err("burst", m))?;
                     if rate > MAX_RATE {
                         return Err(err(
                             "rate_per_second",
@@ -219,17 +213,12 @@ pub(crate) fn validate_limiter(
             let limit = lim
                 .limit
                 .ok_or_else(|| err("limit", "is required for a sliding window".into()))?;
-            if limit < 1 {
-                return Err(err("limit", format!("must be >= 1, got {limit}")));
-            }
-            let limit = u32::try_from(limit)
-                .map_err(|_| err("limit", format!("must be <= {}, got {limit}", u32::MAX)))?;
+            let limit = count(limit).map_err(|m| err("limit", m))?;
             let window = lim
                 .window_seconds
                 .ok_or_else(|| err("window_seconds", "is required for a sliding window".into()))?;
             let window = seconds(window, Range::POSITIVE).map_err(|m| err("window_seconds", m))?;
-            let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-            let w = SlidingWindow::new(limit, ns).ok_or_else(|| {
+            let w = SlidingWindow::new(limit, crate::units::nanos(window)).ok_or_else(|| {
                 err(
                     "window_seconds",
                     format!("must be at least 1 ns, got {window:?}"),
@@ -247,15 +236,7 @@ pub(crate) fn validate_limiter(
             None
         }
         Some(max) => {
-            if max < 1 {
-                return Err(err("max_concurrent", format!("must be >= 1, got {max}")));
-            }
-            let max = u32::try_from(max).map_err(|_| {
-                err(
-                    "max_concurrent",
-                    format!("must be <= {}, got {max}", u32::MAX),
-                )
-            })?;
+            let max = count(max).map_err(|m| err("max_concurrent", m))?;
             let lease = match lim.lease_seconds {
                 None => DEFAULT_LEASE,
                 // Any positive value here; the minimum below explains itself.
@@ -306,4 +287,13 @@ pub(crate) fn validate_registered(
     known_stores: &[String],
 ) -> Result<LimiterSpec, ConfigError> {
     validate_limiter("<registered>", name, lim, store_exists, known_stores)
+}
+
+/// A count of grants or slots: a whole number from 1 to `u32::MAX`, or the
+/// message saying which bound it broke.
+fn count(value: i64) -> Result<u32, String> {
+    if value < 1 {
+        return Err(format!("must be >= 1, got {value}"));
+    }
+    u32::try_from(value).map_err(|_| format!("must be <= {}, got {value}", u32::MAX))
 }

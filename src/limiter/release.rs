@@ -40,7 +40,7 @@ impl Drop for Running {
 /// Waits until the slots of dropped permits have been given back to their
 /// stores, at most `timeout`; true when none is left pending.
 ///
-/// Dropping a [`Permit`] (or an `acquire` future) frees its slot on a
+/// Dropping a [`Permit`](crate::Permit) (or an `acquire` future) frees its slot on a
 /// background task. Call this (or [`Registry::close`](crate::Registry::close))
 /// before the runtime shuts down, or those slots stay held until their lease
 /// runs out.
