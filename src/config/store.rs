@@ -257,6 +257,22 @@ impl StoreConfig {
         Ok(())
     }
 
+    /// What an engine connects with: the url as written and its redacted
+    /// form, the only one that may appear in messages and `Debug` output.
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres", feature = "nats")),
+        allow(dead_code)
+    )]
+    pub(crate) fn connect_url(&self) -> (String, String) {
+        let url = self
+            .url
+            .as_ref()
+            .map(|u| u.expose().to_string())
+            .unwrap_or_default();
+        let redacted = crate::secret::redact(&url);
+        (url, redacted)
+    }
+
     /// The url as written, and the error when an engine that needs one has none.
     #[cfg_attr(
         not(any(feature = "redis", feature = "postgres", feature = "nats")),

@@ -130,12 +130,7 @@ fn backend(e: redis::RedisError) -> BackendError {
 impl RedisEngine {
     /// Connects to the store `name` described by `config` (its `url` is required).
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
-        let url = config
-            .url
-            .as_ref()
-            .map(|u| u.expose().to_string())
-            .unwrap_or_default();
-        let redacted = redact(&url);
+        let (url, redacted) = config.connect_url();
         let connect_err = Error::connect(name, &redacted);
         if url.starts_with("rediss://") {
             crate::tls::install_crypto_provider();

@@ -48,7 +48,6 @@ use super::{
 };
 use crate::config::store::StoreConfig;
 use crate::quota::{ConcurrencySpec, RateSpec};
-use crate::secret::redact;
 use crate::units::nanos;
 
 use crate::error::{BackendError, Error};
@@ -139,12 +138,7 @@ impl NatsEngine {
     /// Connects to the store `name` described by `config` (its `url` is
     /// required), creating the bucket if absent and probing the server clock.
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
-        let url = config
-            .url
-            .as_ref()
-            .map(|u| u.expose().to_string())
-            .unwrap_or_default();
-        let redacted = redact(&url);
+        let (url, redacted) = config.connect_url();
         let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
         let setup = config.connect_timeout();

@@ -37,7 +37,6 @@ use super::{
 };
 use crate::config::store::StoreConfig;
 use crate::quota::{ConcurrencySpec, RateSpec};
-use crate::secret::redact;
 use crate::units::micros;
 
 use crate::error::{BackendError, Error};
@@ -158,12 +157,7 @@ impl PostgresEngine {
     /// Connects to the store `name` described by `config` (its `url` or `dsn`
     /// is required) and applies the schema if needed.
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
-        let url = config
-            .url
-            .as_ref()
-            .map(|u| u.expose().to_string())
-            .unwrap_or_default();
-        let redacted = redact(&url);
+        let (url, redacted) = config.connect_url();
         let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
         let mut pg_config: tokio_postgres::Config =
