@@ -15,10 +15,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:9464".into())
         .parse()
         .map_err(|e| format!("RATESYNC_METRICS_ADDR: {e}"))?;
-    let seconds: f64 = std::env::var("RATESYNC_RUN_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let seconds = match std::env::var("RATESYNC_RUN_SECONDS") {
+        Ok(v) => ratesync::duration::parse_seconds(&v, ratesync::duration::Range::POSITIVE)
+            .map_err(|e| format!("RATESYNC_RUN_SECONDS: {e}"))?
+            .as_secs_f64(),
+        Err(_) => 5.0,
+    };
     let server = PrometheusExporter::new(&registry)?.serve(addr).await?;
     println!(
         "serving http://{}/metrics for {seconds} s while 24 tasks hammer `api` and `jobs`",

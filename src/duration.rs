@@ -78,14 +78,19 @@ pub fn seconds(value: f64, range: Range) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|e| format!("{value} seconds: {e}"))
 }
 
-/// Text (`"2.5"`, `"30"`) as seconds in `range`; anything else is an error
-/// that quotes it.
+/// Text as a duration in `range`: a number of seconds (`"2.5"`, `"30"`), or
+/// one with a unit, `ms`, `s`, `m` or `h` (`"500ms"`, `"1s"`, `"2m"`);
+/// anything else is an error that quotes it.
 pub fn parse_seconds(text: &str, range: Range) -> Result<Duration, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("must be a number of seconds, got {text:?}"))?;
-    seconds(value, range)
+    let t = text.trim();
+    let (number, scale) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .iter()
+        .find_map(|&(unit, scale)| t.strip_suffix(unit).map(|n| (n.trim_end(), scale)))
+        .unwrap_or((t, 1.0));
+    let value: f64 = number.parse().map_err(|_| {
+        format!("must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h), got {text:?}")
+    })?;
+    seconds(value * scale, range)
 }
 
 #[cfg(test)]
@@ -113,7 +118,24 @@ mod tests {
         );
         assert_eq!(
             parse_seconds("abc", Range::POSITIVE).unwrap_err(),
-            "must be a number of seconds, got \"abc\""
+            "must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h), got \"abc\""
+        );
+        assert_eq!(
+            parse_seconds("1.5s", Range::POSITIVE),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_seconds(" 250 ms ", Range::POSITIVE),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_seconds("2h", Range::POSITIVE),
+            Ok(Duration::from_secs(7200))
+        );
+        assert!(parse_seconds("ms", Range::POSITIVE).is_err());
+        assert!(
+            parse_seconds("1e9h", Range::POSITIVE).is_err(),
+            "beyond 10 years"
         );
         assert!(parse_seconds("inf", Range::POSITIVE).is_err());
     }

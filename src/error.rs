@@ -2,6 +2,68 @@
 
 use std::time::Duration;
 
+/// The next step for a failed connection, read from the client's message:
+/// a service that is not there, a certificate not trusted for the name, a
+/// refused login, a missing file. Empty when the message says it already.
+fn connect_hint(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| m.contains(w));
+    if has(&[
+        "notvalidforname",
+        "not valid for name",
+        "certificate is not valid for",
+    ]) {
+        "; the server's certificate does not name the host in the url: connect by a name the certificate lists"
+    } else if has(&[
+        "unknownissuer",
+        "invalid peer certificate",
+        "certificate verify failed",
+        "self-signed",
+        "self signed",
+    ]) {
+        "; the server's certificate is not signed by a CA this client trusts: set tls_ca_file to the CA that signed it"
+    } else if has(&[
+        "password authentication failed",
+        "authentication failed",
+        "authorization violation",
+        "wrongpass",
+        "noauth",
+        "role \"",
+        "does not exist",
+    ]) {
+        "; the server refused the login: check the user, password and database (or credentials_file) the url names"
+    } else if has(&[
+        "parse error",
+        "incompatible type",
+        "invalid response",
+        "unexpected response",
+        "invalid http",
+    ]) {
+        "; the server at that address does not speak this engine's protocol: is the port another service's?"
+    } else if has(&[
+        "no such file",
+        "tls_ca_file",
+        "credentials_file",
+        "cannot read",
+        "permission denied",
+    ]) {
+        "; check the file the store's settings name"
+    } else if has(&[
+        "connection refused",
+        "timed out",
+        "timeout",
+        "no route to host",
+        "connection reset",
+        "unreachable",
+        "broken pipe",
+        "eof",
+    ]) {
+        "; is the service running at that address? (README: Services)"
+    } else {
+        ""
+    }
+}
+
 /// A result with ratesync's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -41,7 +103,7 @@ pub enum Error {
     },
 
     /// A store could not be reached when the registry was built.
-    #[error("store `{store}` ({url}): cannot connect: {message}; is the service running? (README: Services)")]
+    #[error("store `{store}` ({url}): cannot connect: {message}{}", connect_hint(.message))]
     Connect {
         /// The store's name.
         store: String,
@@ -76,10 +138,18 @@ impl Error {
     pub(crate) fn connect(store: &str, url: &str) -> impl Fn(String) -> Error {
         let (store, url) = (store.to_string(), url.to_string());
         // A client's message may quote the URL it was given, password and all.
+        // One line, whatever the client printed (Redis parser errors span several).
         move |message| Error::Connect {
             store: store.clone(),
             url: url.clone(),
-            message: crate::secret::redact(&message),
+            message: crate::secret::redact(
+                &message
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
         }
     }
 
@@ -156,5 +226,56 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.3} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_errors_name_their_cause_and_the_next_step() {
+        let e = |m: &str| Error::connect("s", "redis://h:1")(m.to_string()).to_string();
+        for (message, hint) in [
+            (
+                "Connection refused (os error 111)",
+                "is the service running",
+            ),
+            (
+                "db error: FATAL: role \"x\" does not exist",
+                "refused the login",
+            ),
+            (
+                "password authentication failed for user \"u\"",
+                "refused the login",
+            ),
+            (
+                "credentials_file /x.creds: No such file or directory",
+                "check the file",
+            ),
+            (
+                "tls_ca_file /ca.pem: No such file or directory (os error 2)",
+                "check the file",
+            ),
+            ("invalid peer certificate: UnknownIssuer", "set tls_ca_file"),
+            (
+                "invalid peer certificate: NotValidForName",
+                "does not name the host",
+            ),
+            (
+                "certificate not valid for name \"127.0.0.1\"",
+                "does not name the host",
+            ),
+            (
+                "Incompatible type - Parse error at 1\nUnexpected `78`\n",
+                "another service's",
+            ),
+        ] {
+            let text = e(message);
+            assert!(text.contains(hint), "{message:?} -> {text}");
+            assert!(!text.contains('\n'), "one line: {text:?}");
+        }
+        // Only the cause's own step: a refused login is not "is it running?".
+        assert!(!e("role \"x\" does not exist").contains("running"));
     }
 }

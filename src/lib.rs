@@ -87,6 +87,17 @@ mod tls;
 mod units;
 pub mod window;
 
+// Every Rust snippet of the README compiles (and runs, unless marked
+// `no_run`) with `cargo test --all-features --doc`.
+#[cfg(all(
+    doctest,
+    feature = "prometheus",
+    feature = "alerts",
+    feature = "test-util"
+))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeSnippets;
+
 pub use compose::check_all;
 pub use config::{Config, FailureMode, LimiterConfig};
 pub use error::{BackendError, ConfigError, Error, Result};

@@ -96,8 +96,28 @@ pub struct MetricsSnapshot {
     /// the slot gone, or renewals failed for longer than the lease. Another
     /// holder may have the slot; see [`Permit::lost`](crate::Permit::lost).
     pub leases_lost: u64,
-    /// Grants by wait time: `(upper bound in ms, count)`, the last bound infinite.
+    /// Grants by wait time: `(upper bound in ms, count)`, the last bound
+    /// infinite. In JSON each bucket is `[bound, count]` and the infinite
+    /// bound is the string `"+Inf"` (as Prometheus writes it), since JSON
+    /// has no infinity.
+    #[serde(serialize_with = "buckets_with_inf")]
     pub wait_histogram: Vec<(f64, u64)>,
+}
+
+fn buckets_with_inf<S: serde::Serializer>(
+    buckets: &[(f64, u64)],
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = out.serialize_seq(Some(buckets.len()))?;
+    for &(bound, count) in buckets {
+        if bound.is_finite() {
+            seq.serialize_element(&(bound, count))?;
+        } else {
+            seq.serialize_element(&("+Inf", count))?;
+        }
+    }
+    seq.end()
 }
 
 impl Metrics {
@@ -231,6 +251,9 @@ mod tests {
         assert_eq!(s.wait_histogram[0], (0.0, 1));
         assert_eq!(s.wait_histogram[6], (50.0, 1));
         assert_eq!(s.wait_histogram.last().map(|b| b.1), Some(1));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#"["+Inf",1]"#), "{json}");
+        assert!(!json.contains("null"), "{json}");
         assert!(s.last_acquisition_at.is_some());
     }
 }

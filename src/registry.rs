@@ -108,6 +108,14 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Connects to one store as [`from_config`](Self::from_config) would,
+    /// without building a registry: for tools that check stores (`ratesync
+    /// check`). [`Engine::describe`](crate::engine::Engine::describe) then
+    /// says what is there.
+    pub async fn connect_store(name: &str, store: &StoreConfig) -> Result<Arc<dyn Engine>> {
+        connect("<check>", name, store).await
+    }
+
     /// Parses TOML text (with `${VAR}` expansion) and builds the registry.
     pub async fn from_toml_str(text: &str) -> Result<Self> {
         Self::from_config(Config::from_toml_str(text)?).await

@@ -585,11 +585,21 @@ fn durations_are_checked_in_range() {
     );
     assert_eq!(
         base()
-            .with_overrides_from(&env(&[("RATESYNC_ALERT_INTERVAL", "1s")]))
+            .with_overrides_from(&env(&[("RATESYNC_ALERT_INTERVAL", "1 fortnight")]))
             .unwrap_err()
             .to_string(),
-        "(environment): RATESYNC_ALERT_INTERVAL: must be a number of seconds, got \"1s\""
+        "(environment): RATESYNC_ALERT_INTERVAL: must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h), got \"1 fortnight\""
     );
+    // Units are read, never ignored.
+    for (vars, secs) in [
+        (&[("RATESYNC_ALERT_INTERVAL", "1s")], 1.0),
+        (&[("RATESYNC_ALERT_INTERVAL", "500ms")], 0.5),
+        (&[("RATESYNC_ALERT_INTERVAL", "2m")], 120.0),
+    ] {
+        let text = vars[0].1;
+        let c = base().with_overrides_from(&env(vars)).unwrap();
+        assert_eq!(c.interval_seconds, secs, "{text}");
+    }
     let c = base()
         .with_overrides_from(&env(&[
             ("RATESYNC_ALERT_INTERVAL", "1"),

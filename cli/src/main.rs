@@ -46,8 +46,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration and list its stores and limiters.
-    Check,
+    /// Validate the configuration, connect to every store and report what
+    /// is there, and list the limiters and the alerts.
+    Check {
+        /// Validate only; do not connect to the stores.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Take permits from a limiter and report how long each waited.
     Acquire {
         /// The limiter's name.
@@ -64,9 +69,13 @@ enum Command {
         /// Never wait: report which permits were refused.
         #[arg(long = "try")]
         try_only: bool,
-        /// Keep every permit (and its concurrency slot) until the last one is taken.
-        #[arg(long)]
+        /// Keep every permit (and its concurrency slot) after the last one is
+        /// taken, until Ctrl-C, so another process can see them held.
+        #[arg(long, conflicts_with = "hold_for")]
         hold: bool,
+        /// Like `--hold`, for this many seconds.
+        #[arg(long, value_parser = seconds_arg)]
+        hold_for: Option<f64>,
     },
     /// Load-test a limiter from several processes: throughput, latency,
     /// overshoot, accuracy against the limit; `--baseline` beside the
@@ -75,6 +84,15 @@ enum Command {
     /// One process of a multi-process load test: hammer a limiter, write every grant as JSON lines.
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// Forget a limiter's state for one key (or the limiter's own): a full
+    /// bucket, an empty window, no slot held. Holders lose their slots.
+    Reset {
+        /// The limiter's name.
+        limiter: String,
+        /// A per-key limiter of it.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Show a limiter's state without consuming anything.
     State {
         /// The limiter's name.
@@ -130,16 +148,7 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             // The grants exceeded the limit: fail, so scripts notice.
             ExitCode::FAILURE
         }),
-        Command::Check => {
-            println!("{}: ok", config.source_name);
-            for (name, s) in &config.stores {
-                println!("  store   {name}: {}", s.engine.as_str());
-            }
-            for (name, l) in &config.limiters {
-                println!("  limiter {name}: {} (store {})", describe(l), l.store);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check { offline } => check(&config, offline).await,
         Command::Acquire {
             limiter,
             key,
@@ -147,7 +156,9 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             timeout,
             try_only,
             hold,
+            hold_for,
         } => {
+            let hold = hold || hold_for.is_some();
             let registry = Registry::from_config(config).await?;
             let lim = pick(&registry, &limiter, key.as_deref())?;
             let mut refused = 0;
@@ -191,6 +202,18 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
                     }
                 }
             }
+            if !held.is_empty() {
+                match hold_for {
+                    Some(s) => {
+                        println!("holding {} permit(s) for {s} s", held.len());
+                        tokio::time::sleep(Duration::from_secs_f64(s)).await;
+                    }
+                    None => {
+                        println!("holding {} permit(s); Ctrl-C releases them", held.len());
+                        tokio::signal::ctrl_c().await?;
+                    }
+                }
+            }
             for p in held {
                 p.release().await?;
             }
@@ -209,6 +232,25 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
         Command::Worker(args) => {
             let registry = Registry::from_config(config).await?;
             worker::run(registry, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset { limiter, key } => {
+            let store = config
+                .limiters
+                .get(&limiter)
+                .map(|l| l.store.clone())
+                .unwrap_or_default();
+            let registry = Registry::from_config(config).await?;
+            let lim = pick(&registry, &limiter, key.as_deref())?;
+            let removed = lim.reset().await?;
+            println!(
+                "limiter {limiter}{}: state reset on store {store} ({} entries removed)",
+                key.as_deref()
+                    .map(|k| format!(" key {k:?}"))
+                    .unwrap_or_default(),
+                removed
+            );
+            registry.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::State { limiter, key } => {
@@ -236,8 +278,94 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
     }
 }
 
+/// `ratesync check`: the configuration, each store as its server answers,
+/// the limiters and the alerts. Fails when a store cannot be reached.
+async fn check(config: &Config, offline: bool) -> worker::Result<ExitCode> {
+    println!("{}: configuration ok", config.source_name);
+    let mut unreachable = 0;
+    for (name, store) in &config.stores {
+        let url = store
+            .url
+            .as_ref()
+            .map(|u| format!(" {}", ratesync::secret::redact(u.expose())))
+            .unwrap_or_default();
+        let replaces = if name == ratesync::config::DEFAULT_STORE {
+            " (replaces the built-in memory store)"
+        } else {
+            ""
+        };
+        print!("  store   {name}: {}{url}{replaces}", store.engine.as_str());
+        if offline {
+            println!(" (not contacted: --offline)");
+            continue;
+        }
+        let answer = match Registry::connect_store(name, store).await {
+            Ok(engine) => engine.describe().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(what) => println!(" -> reachable: {what}"),
+            Err(e) => {
+                println!(" -> UNREACHABLE: {e}");
+                unreachable += 1;
+            }
+        }
+    }
+    for (name, l) in &config.limiters {
+        println!("  limiter {name}: {} (store {})", describe(l), l.store);
+    }
+    match &config.alerts {
+        None => println!("  alerts: none ([alerts] absent)"),
+        Some(a) => {
+            let c = &a.channels;
+            let mut channels: Vec<&str> = Vec::new();
+            if c.log.as_ref().is_none_or(|l| l.enabled) {
+                channels.push("log");
+            }
+            for (name, on) in [
+                ("webhook", c.webhook.as_ref().is_some_and(|w| w.enabled)),
+                ("slack", c.slack.as_ref().is_some_and(|w| w.enabled)),
+                ("pagerduty", c.pagerduty.as_ref().is_some_and(|w| w.enabled)),
+                ("email", c.email.as_ref().is_some_and(|w| w.enabled)),
+            ] {
+                if on {
+                    channels.push(name);
+                }
+            }
+            println!(
+                "  alerts: every {} s, cooldown {} s{}, channels: {}",
+                a.interval_seconds,
+                a.cooldown_seconds,
+                a.shared_cooldown_store
+                    .as_deref()
+                    .map(|s| format!(" (shared in store {s})"))
+                    .unwrap_or_default(),
+                channels.join(", ")
+            );
+        }
+    }
+    if unreachable > 0 {
+        eprintln!("ratesync: {unreachable} store(s) unreachable; `check --offline` validates without connecting");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The limiter `name` (its key `key`), said on stderr with its store and
+/// engine so the user knows where the state lives.
 fn pick(registry: &Registry, name: &str, key: Option<&str>) -> ratesync::Result<Limiter> {
     let lim = registry.limiter(name)?;
+    let store = &lim.spec().store;
+    let engine = registry.store(store).map_or("?", |e| e.kind());
+    eprintln!(
+        "limiter {name}{} on store {store} ({engine}){}",
+        key.map(|k| format!(" key {k:?}")).unwrap_or_default(),
+        if engine == "memory" {
+            ": in-memory state is this process's own, fresh at every command"
+        } else {
+            ""
+        }
+    );
     Ok(match key {
         Some(k) => lim.key(k),
         None => lim,

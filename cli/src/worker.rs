@@ -26,7 +26,7 @@ pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + S
 pub enum Mode {
     /// `acquire()`: reserve the earliest slot and sleep until it.
     Acquire,
-    /// `try_acquire()`: never wait; back off `--backoff-ms` after a refusal.
+    /// `try_acquire()`: never wait; ask again after a refusal.
     Try,
 }
 

@@ -269,6 +269,12 @@ impl AlertConfig {
             if e.to.is_empty() {
                 return Err(err("channels.email.to", "Email to not configured"));
             }
+            if let Some(from) = e.from.as_deref() {
+                check_address(from).map_err(|m| err("channels.email.from", &m))?;
+            }
+            for to in &e.to {
+                check_address(to).map_err(|m| err("channels.email.to", &m))?;
+            }
         }
         let needs_network = c.webhook.as_ref().is_some_and(|w| w.enabled)
             || c.slack.as_ref().is_some_and(|s| s.enabled)
@@ -326,5 +332,38 @@ impl AlertConfig {
             self.thresholds.timeouts_per_interval = v as u64;
         }
         Ok(self)
+    }
+}
+
+/// An e-mail address as the channel takes it: `user@host` or
+/// `Name <user@host>`, one `@` between a non-empty local part and a domain,
+/// no spaces or line breaks inside the address.
+fn check_address(text: &str) -> Result<(), String> {
+    let addr = match (text.find('<'), text.rfind('>')) {
+        (Some(a), Some(b)) if a < b && text[b + 1..].trim().is_empty() => &text[a + 1..b],
+        (None, None) => text.trim(),
+        _ => {
+            return Err(format!(
+                "is not an e-mail address (`user@host` or `Name <user@host>`): {text:?}"
+            ))
+        }
+    };
+    let valid = match addr.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !addr.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "is not an e-mail address (`user@host` or `Name <user@host>`): {text:?}"
+        ))
     }
 }

@@ -132,6 +132,21 @@ impl Config {
                 }
             }
         }
+        if let Some(store) = config
+            .alerts
+            .as_ref()
+            .and_then(|a| a.shared_cooldown_store.as_deref())
+        {
+            if store != DEFAULT_STORE && !config.stores.contains_key(store) {
+                return Err(ConfigError::new(
+                    source_name,
+                    "alerts.shared_cooldown_store",
+                    format!(
+                        "no store named `{store}`; define [stores.{store}] or remove the setting"
+                    ),
+                ));
+            }
+        }
         for (name, lim) in raw_limiters {
             let spec = config.validate_limiter(&name, &lim)?;
             config.limiters.insert(name, spec);

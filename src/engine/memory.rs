@@ -57,6 +57,9 @@ pub struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     epoch: Instant,
+    /// The wall clock at `epoch`, in Unix microseconds: slot times are
+    /// reported on it, as the network engines report their server's.
+    epoch_unix_us: u64,
     releases: ReleaseHub,
 }
 
@@ -80,6 +83,9 @@ impl MemoryEngine {
                 .collect(),
             hasher: RandomState::new(),
             epoch: Instant::now(),
+            epoch_unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             releases: ReleaseHub::new(),
         }
     }
@@ -87,6 +93,11 @@ impl MemoryEngine {
     /// Nanoseconds since the engine was made. Starts at 1 so that 0 can mean "no state".
     fn now(&self) -> u64 {
         nanos(self.epoch.elapsed()) + 1
+    }
+
+    /// The Unix time (µs) of `ns` on this engine's clock.
+    fn unix_us_at(&self, ns: u64) -> u64 {
+        self.epoch_unix_us.saturating_add(ns / 1000)
     }
 
     fn shard_index(&self, key: &str) -> usize {
@@ -170,7 +181,7 @@ impl Engine for MemoryEngine {
         Ok(match out {
             Ok(wait) => Reservation::Granted {
                 wait: from_nanos(wait),
-                slot_unix_us: None,
+                slot_unix_us: Some(self.unix_us_at(now + wait)),
             },
             Err(retry) => Reservation::Denied {
                 retry_after: from_nanos(retry),
@@ -340,6 +351,16 @@ impl Engine for MemoryEngine {
             max: spec.max,
             next_expiry: live.iter().min().map(|&t| from_nanos(t - now)),
         })
+    }
+
+    async fn describe(&self) -> Result<String, BackendError> {
+        Ok("in this process: each process has its own state, gone when it exits".into())
+    }
+
+    async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
+        let removed = self.shard(ctx.key.encoded()).map.remove(ctx.key.encoded());
+        self.releases.notify(ctx.key.encoded());
+        Ok(u64::from(removed.is_some()))
     }
 
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {

@@ -72,7 +72,8 @@ pub enum Reservation {
         /// Time until the reserved slot (zero: now).
         wait: Duration,
         /// When the slot begins on the backend's wall clock, in microseconds
-        /// since the Unix epoch, where the backend has one (Redis `TIME`).
+        /// since the Unix epoch: the server's clock for Redis, Postgres and
+        /// NATS, the engine's own for memory.
         slot_unix_us: Option<u64>,
     },
     /// No slot within the caller's bound; nothing was reserved.
@@ -280,6 +281,24 @@ pub trait Engine: Send + Sync + Debug + 'static {
     /// A signal that fires whenever a slot of `ctx.key` is released. Taken
     /// before an attempt, it cannot miss a release that happens after it.
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError>;
+
+    /// What this store is, for `ratesync check`: the server and its
+    /// version, the schema or bucket in use. Asks the server, so a store
+    /// that stopped answering fails here.
+    async fn describe(&self) -> Result<String, BackendError> {
+        Ok(self.kind().to_string())
+    }
+
+    /// Forgets `ctx.key`'s state: its rate state and every lease (the
+    /// holders lose their slots; waiters are woken). For operators
+    /// (`ratesync reset`); returns how many stored entries went. The
+    /// default refuses, for engines that cannot.
+    async fn reset(&self, _ctx: Ctx<'_>) -> Result<u64, BackendError> {
+        Err(BackendError::new(
+            self.kind(),
+            "this engine cannot reset a key's state",
+        ))
+    }
 }
 
 /// Runs one backend request of `engine` within `limit` (the store's

@@ -63,6 +63,7 @@ pub fn script_source(name: &str) -> Option<String> {
         "lease_renew" => include_str!("../../engines/redis/lease_renew.lua"),
         "lease_release" => include_str!("../../engines/redis/lease_release.lua"),
         "lease_state" => include_str!("../../engines/redis/lease_state.lua"),
+        "reset" => include_str!("../../engines/redis/reset.lua"),
         _ => return None,
     };
     Some(source(body))
@@ -76,6 +77,7 @@ struct Scripts {
     lease_renew: Script,
     lease_release: Script,
     lease_state: Script,
+    reset: Script,
 }
 
 impl Scripts {
@@ -89,6 +91,7 @@ impl Scripts {
             lease_renew: load("lease_renew"),
             lease_release: load("lease_release"),
             lease_state: load("lease_state"),
+            reset: load("reset"),
         }
     }
 }
@@ -111,16 +114,6 @@ impl std::fmt::Debug for RedisEngine {
             .field("prefix", &self.prefix)
             .finish()
     }
-}
-
-/// A failed TLS handshake says what to set (ripgrep-style: the next step).
-fn with_tls_hint(mut text: String) -> String {
-    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
-        text.push_str(
-            " (set tls_ca_file to the PEM of the CA that signed the server's certificate)",
-        );
-    }
-    text
 }
 
 fn backend(e: redis::RedisError) -> BackendError {
@@ -159,7 +152,7 @@ impl RedisEngine {
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .map_err(|e| connect_err(with_tls_hint(e.to_string())))?;
+            .map_err(|e| connect_err(e.to_string()))?;
         Ok(Self {
             conn,
             client,
@@ -356,6 +349,43 @@ impl Engine for RedisEngine {
             .await
             .map_err(backend)?;
         Ok(ConcurrencyState::from_wire(spec.max, now, holders, first))
+    }
+
+    async fn describe(&self) -> Result<String, BackendError> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        Ok(format!(
+            "Redis {}{}, keys under `{}:`",
+            field("redis_version:").unwrap_or_else(|| "(version unknown)".into()),
+            field("redis_mode:")
+                .filter(|m| m != "standalone")
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
+            self.prefix
+        ))
+    }
+
+    async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .reset
+            .key(self.rate_key(&ctx))
+            .key(self.lease_key(&ctx))
+            .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded()))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {

@@ -184,6 +184,24 @@ impl Limiter {
         }
     }
 
+    /// Forgets this limiter's state for its key (for a per-key limiter, call
+    /// it on `limiter.key(k)`): the bucket is full again, the window empty,
+    /// no slot held. Permits still out lose their slots, and learn it at
+    /// their next renewal ([`Permit::lost`]); waiters are woken. Returns how
+    /// many stored entries were removed. Every engine supports it
+    /// (`ratesync reset LIMITER [--key K]`).
+    pub async fn reset(&self) -> Result<u64> {
+        let s = &self.shared;
+        s.engine.reset(self.ctx()).await.map_err(|e| {
+            s.metrics.record_backend_error();
+            Error::Backend {
+                limiter: s.name.to_string(),
+                store: s.spec.store.clone(),
+                source: e,
+            }
+        })
+    }
+
     /// Reads this limiter's state (remaining tokens or window count, holders,
     /// reset time) without consuming anything. For a per-key limiter, call it
     /// on `limiter.key(k)`.

@@ -176,4 +176,8 @@ impl Engine for FaultyStore {
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {
         self.inner.subscribe_releases(ctx).await
     }
+
+    async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
+        self.inner.reset(ctx).await
+    }
 }

@@ -73,6 +73,7 @@ pub async fn run_all(name: &str, engine: &dyn Engine, scope: &str) {
     windows_are_exact(engine, scope).await;
     leases_cap_renew_release_and_expire(engine, scope).await;
     a_release_fences_a_late_acquire(engine, scope).await;
+    a_reset_forgets_the_key_and_wakes_its_waiters(engine, scope).await;
     println!("{name}: engine contract holds");
 }
 
@@ -303,4 +304,60 @@ async fn a_release_fences_a_late_acquire(e: &dyn Engine, scope: &str) {
     ));
     assert!(e.release_lease(ctx(), &other).await.unwrap());
     assert_eq!(e.lease_state(ctx(), &spec).await.unwrap().holders, 0);
+}
+
+/// `reset` forgets one key (a full bucket, an empty window, no holders),
+/// wakes the key's waiters, leaves other keys alone, and is harmless twice.
+async fn a_reset_forgets_the_key_and_wakes_its_waiters(e: &dyn Engine, scope: &str) {
+    let metrics = Metrics::new();
+    let (key, other) = (
+        StateKey::new(scope).child("reset"),
+        StateKey::new(scope).child("reset-other"),
+    );
+    let ctx = |key| Ctx {
+        key,
+        metrics: &metrics,
+    };
+    let rate = bucket(0.1, 1);
+    let spec = ConcurrencySpec {
+        max: 1,
+        lease: Duration::from_secs(30),
+    };
+    granted(reserve(e, &key, &rate, Duration::ZERO).await);
+    granted(reserve(e, &other, &rate, Duration::ZERO).await);
+    let holder = HolderId::new();
+    assert!(matches!(
+        e.acquire_lease(ctx(&key), &holder, &spec).await.unwrap(),
+        LeaseOutcome::Acquired { .. }
+    ));
+    let mut woken = e.subscribe_releases(ctx(&key)).await.unwrap();
+    let removed = e.reset(ctx(&key)).await.expect("every engine resets");
+    assert!(
+        removed >= 1,
+        "reset removed {removed} entries of a key with state"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), woken.released())
+            .await
+            .is_ok(),
+        "a reset did not wake the key's waiters"
+    );
+    // The key is fresh: its token is back and its slot free.
+    granted(reserve(e, &key, &rate, Duration::ZERO).await);
+    assert_eq!(e.lease_state(ctx(&key), &spec).await.unwrap().holders, 0);
+    assert!(
+        !e.renew_lease(ctx(&key), &holder, spec.lease).await.unwrap(),
+        "a lease survived the reset"
+    );
+    // The other key is untouched: its one token is still spent.
+    assert!(matches!(
+        reserve(e, &other, &rate, Duration::ZERO).await,
+        Reservation::Denied { .. }
+    ));
+    e.reset(ctx(&key)).await.unwrap();
+    assert_eq!(
+        e.reset(ctx(&key)).await.unwrap(),
+        0,
+        "nothing left to remove"
+    );
 }

@@ -519,3 +519,9 @@ fn a_permit_dropped_before_exit_is_released() {
     require!(nats_url());
     scenarios::a_permit_dropped_before_exit_is_released(&NATS);
 }
+
+#[test]
+fn the_cli_checks_resets_and_holds() {
+    require!(nats_url());
+    scenarios::the_cli_checks_resets_and_holds(&NATS, "NATS ");
+}

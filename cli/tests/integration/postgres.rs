@@ -427,3 +427,9 @@ fn a_permit_dropped_before_exit_is_released() {
     require_postgres!();
     scenarios::a_permit_dropped_before_exit_is_released(&POSTGRES);
 }
+
+#[test]
+fn the_cli_checks_resets_and_holds() {
+    require_postgres!();
+    scenarios::the_cli_checks_resets_and_holds(&POSTGRES, "PostgreSQL ");
+}

@@ -390,3 +390,40 @@ fn a_permit_dropped_before_exit_is_released() {
     require_redis!();
     scenarios::a_permit_dropped_before_exit_is_released(&REDIS);
 }
+
+#[test]
+fn the_cli_checks_resets_and_holds() {
+    require_redis!();
+    scenarios::the_cli_checks_resets_and_holds(&REDIS, "Redis ");
+}
+
+/// `check` on a store nobody answers: exit 1, the store marked unreachable
+/// with the next step; `--offline` validates without connecting.
+#[test]
+fn check_reports_an_unreachable_store() {
+    let dir = scratch("check-unreachable");
+    let config = write_config(
+        &dir,
+        "[stores.gone]\nengine = \"redis\"\nurl = \"redis://u:secret@127.0.0.1:1\"\n",
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(ratesync_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run ratesync")
+    };
+    let out = run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("store   gone: redis redis://***@127.0.0.1:1 -> UNREACHABLE"),
+        "{text}"
+    );
+    assert!(text.contains("is the service running"), "{text}");
+    assert!(!text.contains("secret"), "a password in the output: {text}");
+    let out = run(&["check", "--offline"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not contacted: --offline"));
+}

@@ -646,3 +646,84 @@ pub fn a_permit_dropped_before_exit_is_released(t: &Target) {
         t.label
     );
 }
+
+/// The CLI as an operator uses it on this store: `check` connects and says
+/// what answers, `reset` forgets a key (the bucket is full again), and
+/// `acquire --hold-for` keeps a slot that another process sees held.
+pub fn the_cli_checks_resets_and_holds(t: &Target, server: &str) {
+    let dir = scratch(&format!("cli-{}", t.label.replace(' ', "-")));
+    let config = write_config(
+        &dir,
+        &t.config(
+            "cli",
+            "[limiters.l]\nstore = \"s\"\nrate_per_second = 0.01\nburst = 2\nmax_concurrent = 1\n",
+        ),
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(ratesync_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run ratesync");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("-> reachable: ") && out.contains(server),
+        "check must connect and name the server ({server}): {out}"
+    );
+    let (code, out, err) = run(&["acquire", "l", "--key", "k", "-n", "2", "--try"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "on store s ({})",
+            t.label.split(' ').next().unwrap_or("")
+        )),
+        "{err}"
+    );
+    let (_, out, _) = run(&["state", "l", "--key", "k"]);
+    assert!(out.contains("rate: 0/2 tokens"), "{out}");
+    let (code, out, err) = run(&["reset", "l", "--key", "k"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("state reset on store s"), "{out}");
+    let (_, out, _) = run(&["state", "l", "--key", "k"]);
+    assert!(out.contains("rate: 2/2 tokens"), "after reset: {out}");
+    // A slot held by one process is seen held by another, then given back.
+    let holder = std::process::Command::new(ratesync_bin())
+        .arg("-c")
+        .arg(&config)
+        .args(["acquire", "l", "--key", "h", "--hold-for", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the holder");
+    let seen = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        run(&["state", "l", "--key", "h"])
+            .1
+            .contains("concurrency: 1/1 slots held")
+    });
+    let done = holder.wait_with_output().expect("the holder ends");
+    assert!(seen, "the held slot was never seen from another process");
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let (_, out, _) = run(&["state", "l", "--key", "h"]);
+    assert!(
+        out.contains("concurrency: 0/1 slots held"),
+        "after --hold-for: {out}"
+    );
+    println!(
+        "{}: check, reset and acquire --hold-for work from the CLI",
+        t.label
+    );
+}

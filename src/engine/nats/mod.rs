@@ -96,6 +96,8 @@ pub struct NatsEngine {
     kv: kv::Store,
     prefix: String,
     url: String,
+    /// The server's version, as it said at connect.
+    server_version: String,
     timeout: Duration,
     max_retries: u32,
     /// How long the bucket keeps an untouched key.
@@ -166,6 +168,7 @@ impl NatsEngine {
             .connect(url.as_str())
             .await
             .map_err(|e| connect_err(e.to_string()))?;
+        let server_version = client.server_info().version;
         let js = jetstream::new(client);
         let kv = open_bucket(&js, config.bucket(), config.max_age())
             .await
@@ -213,6 +216,7 @@ impl NatsEngine {
             kv,
             prefix: config.prefix().to_string(),
             url: redacted,
+            server_version,
             timeout,
             max_retries: config.max_cas_retries(),
             max_age: config.max_age(),
@@ -537,6 +541,40 @@ impl Engine for NatsEngine {
                 .min()
                 .map(|e| Duration::from_nanos(e.saturating_sub(now))),
         })
+    }
+
+    async fn describe(&self) -> Result<String, BackendError> {
+        let status = within(ENGINE, self.timeout, async {
+            self.kv.status().await.map_err(backend)
+        })
+        .await?;
+        Ok(format!(
+            "NATS {}, bucket `{}` ({} keys, max age {:.0} s)",
+            self.server_version,
+            self.kv.name,
+            status.values(),
+            self.max_age.as_secs_f64()
+        ))
+    }
+
+    async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
+        let mut deleted = 0;
+        for kind in ["r", "c"] {
+            let key = self.key(kind, &ctx);
+            let _turn = self.stripes.turn(&[&key]).await;
+            self.remember(&key, None);
+            if self.read(&key).await?.1 == State::Empty {
+                continue;
+            }
+            // A delete marker is a new revision: writers holding the old
+            // one conflict and read afresh; the watch wakes the waiters.
+            within(ENGINE, self.timeout, async {
+                self.kv.delete(&key).await.map_err(backend)
+            })
+            .await?;
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {

@@ -77,6 +77,7 @@ struct Statements {
     lease_release: String,
     lease_state: String,
     sweep: String,
+    reset: String,
 }
 
 impl Statements {
@@ -94,6 +95,7 @@ impl Statements {
             lease_release: format!("SELECT {s}.lease_release($1, $2, $3)"),
             lease_state: format!("SELECT now_us, holders, first_expiry FROM {s}.lease_state($1)"),
             sweep: format!("SELECT {s}.sweep($1)"),
+            reset: format!("SELECT {s}.reset($1)"),
         }
     }
 }
@@ -119,7 +121,7 @@ pub(super) fn backend(e: impl std::error::Error) -> BackendError {
 }
 
 /// An error and its causes, each once.
-fn causes(e: &dyn std::error::Error) -> String {
+pub(super) fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -128,19 +130,6 @@ fn causes(e: &dyn std::error::Error) -> String {
             text = format!("{text}: {more}");
         }
         cause = c.source();
-    }
-    text
-}
-
-/// An error with its causes (tokio-postgres keeps the useful part, such as
-/// why a TLS handshake failed, in the source), and what to do about a
-/// certificate the client does not trust.
-pub(super) fn full(e: &dyn std::error::Error) -> String {
-    let mut text = causes(e);
-    if text.contains("UnknownIssuer") || text.contains("certificate") {
-        text.push_str(
-            " (set tls_ca_file to the PEM of the CA that signed the server's certificate)",
-        );
     }
     text
 }
@@ -397,6 +386,31 @@ impl Engine for PostgresEngine {
         let row = self.one(&self.sql.lease_state, &[&key]).await?;
         let (now, holders, first): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         Ok(ConcurrencyState::from_wire(spec.max, now, holders, first))
+    }
+
+    async fn describe(&self) -> Result<String, BackendError> {
+        let row = self
+            .one(
+                &format!(
+                    "SELECT current_setting('server_version'), \
+                     (SELECT coalesce(max(version), 0) FROM {}.schema_version)",
+                    self.schema
+                ),
+                &[],
+            )
+            .await?;
+        let (server, version): (String, i32) = (row.get(0), row.get(1));
+        Ok(format!(
+            "PostgreSQL {server}, schema `{}` at version {version} of {}",
+            self.schema,
+            schema::MIGRATIONS.len()
+        ))
+    }
+
+    async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
+        let key = self.key(&ctx);
+        let row = self.one(&self.sql.reset, &[&key]).await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError> {

@@ -1,7 +1,7 @@
 //! The schema: migrations applied once under an advisory lock, and the
 //! sweep of idle rows.
 
-use super::{backend, full};
+use super::{backend, causes};
 use crate::engine::AbortOnDrop;
 use crate::error::BackendError;
 use deadpool_postgres::Pool;
@@ -11,6 +11,7 @@ use std::time::Duration;
 pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../engines/postgres/001_init.sql")),
     (2, include_str!("../../../engines/postgres/002_fences.sql")),
+    (3, include_str!("../../../engines/postgres/003_reset.sql")),
 ];
 
 /// Idle rows deleted per table by one sweep call; a sweep repeats while full.
@@ -19,7 +20,7 @@ const SWEEP_BATCH: i32 = 5_000;
 /// Applies the migrations not yet recorded in `<schema>.schema_version`, in
 /// one transaction serialised by an advisory lock on the schema's name.
 pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), String> {
-    let mut client = pool.get().await.map_err(|e| full(&e))?;
+    let mut client = pool.get().await.map_err(|e| causes(&e))?;
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('ratesync.migrate'), hashtext($1))",
