@@ -1,12 +1,69 @@
 //! try_acquire on the in-memory engine: one key and 10,000 keys, from one
-//! task and from two OS threads. Run with `cargo bench --bench memory`.
+//! task and from two OS threads, beside `governor` (the in-process Rust
+//! reference) on the same quota in the same run. Run with
+//! `cargo bench --bench memory`.
 //!
 //! The limit is set far above the offered load so every call takes the grant
 //! path (a decision that stores new state), the more expensive of the two.
+//! governor is called as its users call it: `check()` on a direct limiter,
+//! `check_key(&key)` on a keyed one (hashing the key each call); ratesync's
+//! per-key limiters are derived once (`limiter.key(k)`), as a server keeps
+//! them for its clients, and each `try_acquire` still hashes the key to its
+//! shard and takes the shard's lock.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use governor::{Quota, RateLimiter};
 use ratesync::{Limiter, LimiterConfig, Registry};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+/// The same quota as `limiters`: one grant per nanosecond, a burst of 1e9.
+fn quota() -> Quota {
+    Quota::with_period(Duration::from_nanos(1))
+        .expect("a non-zero period")
+        .allow_burst(NonZeroU32::new(1_000_000_000).expect("non-zero"))
+}
+
+/// governor's limiters for one key (direct) and for many (keyed), kept
+/// across samples as ratesync's are.
+struct Governor {
+    names: Vec<String>,
+    direct: governor::DefaultDirectRateLimiter,
+    keyed: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl Governor {
+    fn new(keys: usize) -> Self {
+        Self {
+            names: (0..keys).map(|i| format!("user:{i}")).collect(),
+            direct: RateLimiter::direct(quota()),
+            keyed: RateLimiter::keyed(quota()),
+        }
+    }
+
+    /// `iters` checks over `threads` OS threads (as `run`).
+    fn run(&self, threads: usize, iters: u64) -> Duration {
+        let per_thread = iters / threads as u64;
+        let keys = self.names.len();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let ok = if keys == 1 {
+                            self.direct.check().is_ok()
+                        } else {
+                            let key = &self.names[(i as usize * 7919 + t * 4999) % keys];
+                            self.keyed.check_key(key).is_ok()
+                        };
+                        assert!(ok);
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    }
+}
 
 fn limiters(keys: usize) -> Vec<Limiter> {
     let reg = Registry::new();
@@ -56,6 +113,19 @@ fn bench(c: &mut Criterion) {
                 BenchmarkId::new(format!("{keys}_keys"), format!("{threads}_threads")),
                 &threads,
                 |b, &threads| b.iter_custom(|iters| run(&lims, threads, iters.max(threads as u64))),
+            );
+        }
+    }
+    g.finish();
+    let mut g = c.benchmark_group("governor_check");
+    g.throughput(Throughput::Elements(1));
+    for keys in [1usize, 10_000] {
+        let gov = Governor::new(keys);
+        for threads in [1usize, 2] {
+            g.bench_with_input(
+                BenchmarkId::new(format!("{keys}_keys"), format!("{threads}_threads")),
+                &threads,
+                |b, &threads| b.iter_custom(|iters| gov.run(threads, iters.max(threads as u64))),
             );
         }
     }

@@ -137,6 +137,15 @@ impl MemoryEngine {
 }
 
 impl Shard {
+    /// Runs `f` on `key`'s entry, made if absent, hashing the key once when
+    /// it is there (the common case: `entry` hashes it twice).
+    fn with_entry<R>(&mut self, key: &str, now: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
+        if let Some(e) = self.map.get_mut(key) {
+            return f(e);
+        }
+        f(self.entry(key, now))
+    }
+
     fn entry(&mut self, key: &str, now: u64) -> &mut Entry {
         if !self.map.contains_key(key) {
             if self.map.len() >= self.sweep_at {
@@ -174,10 +183,13 @@ impl Engine for MemoryEngine {
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
         let now = self.now();
-        let mut shard = self.shard(ctx.key.encoded());
-        let entry = shard.entry(ctx.key.encoded(), now);
-        let out = rate.measure_and_replace(&mut entry.rate, now, nanos(max_wait), true);
-        entry.refresh_idle(Some(rate), now);
+        let out = self
+            .shard(ctx.key.encoded())
+            .with_entry(ctx.key.encoded(), now, |entry| {
+                let out = rate.measure_and_replace(&mut entry.rate, now, nanos(max_wait), true);
+                entry.refresh_idle(Some(rate), now);
+                out
+            });
         Ok(match out {
             Ok(wait) => Reservation::Granted {
                 wait: from_nanos(wait),

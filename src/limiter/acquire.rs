@@ -116,7 +116,7 @@ impl Limiter {
                 }
             }
         }
-        let mut permit = self.grant(lease, start.elapsed());
+        let mut permit = self.grant_since(lease, start);
         permit.slot_unix_us = slot;
         permit.overshoot = overshoot;
         Ok(Ok(permit))
@@ -127,6 +127,18 @@ impl Limiter {
         self.shared
             .metrics
             .record_acquisition_at(waited, Instant::now().into_std());
+        Permit::new(self.shared.name.clone(), lease, waited)
+    }
+
+    /// [`grant`](Self::grant) for a request that began at `start`, with one
+    /// clock reading for both the wait and the grant's time (the clock is a
+    /// measurable share of an in-process decision).
+    fn grant_since(&self, lease: Option<LeaseGuard>, start: Instant) -> Permit {
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(start);
+        self.shared
+            .metrics
+            .record_acquisition_at(waited, now.into_std());
         Permit::new(self.shared.name.clone(), lease, waited)
     }
 }
