@@ -90,6 +90,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A weighted request asked for more than the limit can ever grant at
+    /// once (governor's `InsufficientCapacity`): it fails at once rather
+    /// than wait forever.
+    #[error("limiter `{limiter}`: a request of {requested} can never be granted, since the limit allows at most {capacity} at once (its burst or window limit); split the request, or raise the limit")]
+    InsufficientCapacity {
+        /// The limiter asked.
+        limiter: String,
+        /// The weight asked for.
+        requested: u32,
+        /// The most one request may weigh: the burst, or the window's limit.
+        capacity: u32,
+    },
+
     /// The limiter's store failed and the limiter fails closed.
     #[error("limiter `{limiter}`: store `{store}` failed: {source}; the limiter is fail_closed, so the request was denied (set on_backend_error = \"fail_open\" to admit during outages)")]
     Backend {

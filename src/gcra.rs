@@ -313,6 +313,31 @@ mod tests {
             }
         }
 
+        /// Weighted requests (`cost` tokens each): in every interval, tokens
+        /// granted <= burst + rate * t, checked exactly on the grants
+        /// expanded to one per token; a cost above the burst never passes.
+        #[test]
+        fn weighted_requests_never_over_admit_in_tokens(
+            rate in prop_oneof![0.5f64..5.0, 5.0f64..500.0, 500.0f64..1e6],
+            burst in 1u32..20,
+            arrivals in proptest::collection::vec((0u64..50_000_000, 0u64..200_000_000, 1u32..24), 1..300),
+        ) {
+            let g = Gcra::new(rate, burst).unwrap();
+            let (mut now, mut tat, mut tokens) = (0, None, Vec::new());
+            for (gap, max_wait, cost) in arrivals {
+                now += gap;
+                if let Decision::Granted { wait_ns, new_tat } = g.decide(tat, now, cost, max_wait) {
+                    prop_assert!(cost <= burst, "a cost of {} passed a burst of {}", cost, burst);
+                    tat = Some(new_tat);
+                    tokens.extend(std::iter::repeat_n(now + wait_ns, cost as usize));
+                }
+            }
+            tokens.sort_unstable();
+            if let Err(e) = exact_bound(&tokens, g.emission_ns(), burst) {
+                prop_assert!(false, "{} (rate {}, burst {})", e, rate, burst);
+            }
+        }
+
         /// At the extremes: rates log-uniform over 1e-9..1e9 per second,
         /// bursts up to 1e6, clocks from zero through today's Unix
         /// nanoseconds up to 2^63, waits up to the 10 years any setting

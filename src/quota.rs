@@ -102,20 +102,22 @@ pub struct RateCell {
 
 impl RateSpec {
     /// The one rate decision every Rust-side engine makes (governor's
-    /// `measure_and_replace`): reads `cell` at `now`, and either grants a
-    /// slot `Ok(wait_ns)` from now, no later than `max_wait_ns`, replacing
-    /// the cell with the state after the grant (when `commit`), or refuses
-    /// with `Err(retry_after_ns)`, leaving the cell as it was (a window
-    /// trimmed of grants that have left it).
+    /// `measure_and_replace`): reads `cell` at `now` and either grants
+    /// `cost` tokens (or window grants) at a slot `Ok(wait_ns)` from now, no
+    /// later than `max_wait_ns`, replacing the cell with the state after the
+    /// grant (when `commit`), or refuses with `Err(retry_after_ns)`, leaving
+    /// the cell as it was (a window trimmed of grants that have left it). A
+    /// cost above the capacity is always refused.
     pub fn measure_and_replace(
         &self,
         cell: &mut RateCell,
         now: u64,
+        cost: u32,
         max_wait_ns: u64,
         commit: bool,
     ) -> Result<u64, u64> {
         match self {
-            RateSpec::TokenBucket(g) => match g.decide(cell.tat, now, 1, max_wait_ns) {
+            RateSpec::TokenBucket(g) => match g.decide(cell.tat, now, cost, max_wait_ns) {
                 gcra::Decision::Granted { wait_ns, new_tat } => {
                     if commit {
                         cell.tat = Some(new_tat);
@@ -126,16 +128,25 @@ impl RateSpec {
             },
             RateSpec::SlidingWindow(w) => {
                 w.trim(&mut cell.grants, now);
-                match w.decide(&cell.grants, now, max_wait_ns) {
+                match w.decide_n(&cell.grants, now, cost, max_wait_ns) {
                     window::Decision::Granted { wait_ns } => {
                         if commit {
-                            w.record(&mut cell.grants, now, wait_ns);
+                            w.record_n(&mut cell.grants, now, cost, wait_ns);
                         }
                         Ok(wait_ns)
                     }
                     window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
                 }
             }
+        }
+    }
+
+    /// The most a single request may cost: the burst of a bucket, the limit
+    /// of a window. A weighted request above it can never be granted.
+    pub fn capacity(&self) -> u32 {
+        match self {
+            RateSpec::TokenBucket(g) => g.burst(),
+            RateSpec::SlidingWindow(w) => w.limit(),
         }
     }
 

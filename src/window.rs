@@ -79,14 +79,16 @@ impl SlidingWindow {
         }
     }
 
-    /// The earliest time at or after `now` when a grant fits.
-    fn earliest(&self, grants: &VecDeque<u64>, now: u64) -> u64 {
+    /// The earliest time at or after `now` when `cost` grants fit at once.
+    fn earliest(&self, grants: &VecDeque<u64>, now: u64, cost: u32) -> u64 {
         let last = grants.back().copied().unwrap_or(0);
         let mut at = now.max(last);
-        if grants.len() >= self.limit as usize {
-            // The grant `limit` places back must have left the window.
-            let oldest_counted = grants[grants.len() - self.limit as usize];
-            at = at.max(oldest_counted.saturating_add(self.window_ns));
+        let (len, limit, cost) = (grants.len(), self.limit as usize, cost.max(1) as usize);
+        if len + cost > limit && cost <= limit {
+            // The grant `limit - cost + 1` places back must have left the
+            // window (s - window, s]: then `cost` more make `limit`.
+            let must_leave = grants[len + cost - 1 - limit];
+            at = at.max(must_leave.saturating_add(self.window_ns));
         }
         at
     }
@@ -94,7 +96,25 @@ impl SlidingWindow {
     /// Asks for one grant at `now`, accepting one at most `max_wait_ns` away.
     /// `grants` must be in order (as [`record`](Self::record) keeps them).
     pub fn decide(&self, grants: &VecDeque<u64>, now: u64, max_wait_ns: u64) -> Decision {
-        let wait_ns = self.earliest(grants, now) - now;
+        self.decide_n(grants, now, 1, max_wait_ns)
+    }
+
+    /// Asks for `cost` grants at once (a weighted request) at `now`,
+    /// accepting a slot at most `max_wait_ns` away. A `cost` above the limit
+    /// can never fit and is always denied.
+    pub fn decide_n(
+        &self,
+        grants: &VecDeque<u64>,
+        now: u64,
+        cost: u32,
+        max_wait_ns: u64,
+    ) -> Decision {
+        if cost > self.limit {
+            return Decision::Denied {
+                retry_after_ns: self.window_ns,
+            };
+        }
+        let wait_ns = self.earliest(grants, now, cost) - now;
         if wait_ns > max_wait_ns {
             Decision::Denied {
                 retry_after_ns: wait_ns,
@@ -106,7 +126,15 @@ impl SlidingWindow {
 
     /// Stores a grant decided by [`decide`](Self::decide) and trims the rest.
     pub fn record(&self, grants: &mut VecDeque<u64>, now: u64, wait_ns: u64) {
-        grants.push_back(now + wait_ns);
+        self.record_n(grants, now, 1, wait_ns);
+    }
+
+    /// Stores `cost` grants decided by [`decide_n`](Self::decide_n), all at
+    /// the slot, and trims the rest.
+    pub fn record_n(&self, grants: &mut VecDeque<u64>, now: u64, cost: u32, wait_ns: u64) {
+        for _ in 0..cost.max(1) {
+            grants.push_back(now + wait_ns);
+        }
         self.trim(grants, now);
     }
 
@@ -126,7 +154,7 @@ impl SlidingWindow {
             count,
             remaining,
             reset_after_ns,
-            retry_after_ns: self.earliest(grants, now) - now,
+            retry_after_ns: self.earliest(grants, now, 1) - now,
         }
     }
 
@@ -206,5 +234,54 @@ mod tests {
                 prop_assert!(inside as u32 <= limit, "{inside} grants in the window ending at {end}");
             }
         }
+
+        /// Weighted requests: never more than `limit` grants *counted in
+        /// cost* in any window; a cost above the limit is always refused.
+        #[test]
+        fn weighted_requests_never_exceed_the_limit_in_cost(
+            limit in 1u32..12,
+            window in 1u64..10_000,
+            arrivals in proptest::collection::vec((0u64..3_000, 0u64..20_000, 1u32..14), 1..300),
+        ) {
+            let w = SlidingWindow::new(limit, window).unwrap();
+            let mut g = VecDeque::new();
+            let mut now = 0;
+            let mut all = Vec::new();
+            for (gap, max_wait, cost) in arrivals {
+                now += gap;
+                match w.decide_n(&g, now, cost, max_wait) {
+                    Decision::Granted { wait_ns } => {
+                        prop_assert!(cost <= limit);
+                        w.record_n(&mut g, now, cost, wait_ns);
+                        all.extend(std::iter::repeat_n(now + wait_ns, cost as usize));
+                    }
+                    Decision::Denied { .. } => {}
+                }
+            }
+            all.sort_unstable();
+            for (i, &end) in all.iter().enumerate() {
+                let inside = all.iter().filter(|&&t| t <= end && t + window > end).count();
+                prop_assert!(inside as u32 <= limit, "{inside} (in cost) in the window ending at {end}, i {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_weighted_request_waits_for_enough_room() {
+        let w = SlidingWindow::new(5, 1000).unwrap();
+        let mut g = VecDeque::new();
+        assert_eq!(w.decide_n(&g, 0, 3, 0), Decision::Granted { wait_ns: 0 });
+        w.record_n(&mut g, 0, 3, 0);
+        w.record_n(&mut g, 100, 1, 0);
+        // 4 of 5 used: 2 more must wait for the three at 0 to leave.
+        assert_eq!(
+            w.decide_n(&g, 200, 2, u64::MAX),
+            Decision::Granted { wait_ns: 800 }
+        );
+        assert_eq!(w.decide_n(&g, 200, 1, 0), Decision::Granted { wait_ns: 0 });
+        assert!(matches!(
+            w.decide_n(&g, 200, 6, u64::MAX),
+            Decision::Denied { .. }
+        ));
     }
 }

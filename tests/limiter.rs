@@ -924,3 +924,55 @@ async fn a_dropped_acquire_leaves_its_rate_slot_spent() {
     tokio::time::sleep(Duration::from_secs(1)).await; // t = 2.05 s
     assert!(api.try_acquire().await.unwrap().is_some());
 }
+
+/// Weighted permits (README: Weighted requests): `n` tokens at one slot,
+/// waits as long as the cost needs, exact on paused time; `n` above the
+/// burst or `0` fails at once; a weight on a limiter without a rate is refused.
+#[tokio::test(start_paused = true)]
+async fn weighted_permits_take_their_cost_and_wait_exactly() {
+    let reg = registry(
+        "[limiters.bytes]\nrate_per_second = 10.0\nburst = 5\n[limiters.slots]\nmax_concurrent = 2\n[limiters.w]\nalgorithm = \"sliding_window\"\nlimit = 4\nwindow_seconds = 1.0",
+    )
+    .await;
+    let bytes = reg.limiter("bytes").unwrap();
+    assert_eq!(bytes.acquire_n(3).await.unwrap().waited(), Duration::ZERO);
+    assert!(
+        bytes.try_acquire_n(3).await.unwrap().is_none(),
+        "2 tokens left"
+    );
+    let p = bytes.acquire_n(3).await.unwrap();
+    assert_eq!(p.waited(), Duration::from_millis(100), "one more token");
+    assert!(matches!(
+        bytes.acquire_n(6).await,
+        Err(Error::InsufficientCapacity {
+            requested: 6,
+            capacity: 5,
+            ..
+        })
+    ));
+    assert!(matches!(
+        bytes.try_acquire_n(0).await,
+        Err(Error::InsufficientCapacity { requested: 0, .. })
+    ));
+    let refused = bytes.acquire_n_timeout(5, Duration::from_millis(50)).await;
+    assert!(
+        matches!(refused, Err(Error::Timeout { reason: "rate", .. })),
+        "{refused:?}"
+    );
+    let w = reg.limiter("w").unwrap();
+    assert_eq!(w.acquire_n(3).await.unwrap().waited(), Duration::ZERO);
+    let started = tokio::time::Instant::now();
+    let p = w.acquire_n(2).await.unwrap();
+    assert_eq!(
+        p.waited(),
+        Duration::from_secs(1),
+        "the window must empty first"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    let slots = reg.limiter("slots").unwrap();
+    assert!(matches!(
+        slots.acquire_n(2).await,
+        Err(Error::Unsupported(_))
+    ));
+    assert!(slots.acquire_n(1).await.is_ok());
+}

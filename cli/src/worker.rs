@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Bound each acquire (seconds) instead of the limiter's own timeout.
     #[arg(long, value_parser = crate::seconds_arg)]
     pub timeout: Option<f64>,
+    /// Each request's weight: `acquire_n(cost)` / `try_acquire_n(cost)`.
+    #[arg(long, default_value_t = 1)]
+    pub cost: u32,
     /// Start at this unix time (milliseconds), so workers begin together.
     #[arg(long)]
     pub start_at_ms: Option<u64>,
@@ -239,13 +242,13 @@ async fn run_task(
         }
         let attempt = async {
             match args.mode {
-                Mode::Try => limiter.try_acquire().await,
+                Mode::Try => limiter.try_acquire_n(args.cost).await,
                 Mode::Acquire => match args.timeout {
                     Some(t) => limiter
-                        .acquire_timeout(Duration::from_secs_f64(t.max(0.0)))
+                        .acquire_n_timeout(args.cost, Duration::from_secs_f64(t.max(0.0)))
                         .await
                         .map(Some),
-                    None => limiter.acquire().await.map(Some),
+                    None => limiter.acquire_n(args.cost).await.map(Some),
                 },
             }
         };

@@ -182,11 +182,22 @@ impl Engine for MemoryEngine {
         rate: &RateSpec,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
+        self.reserve_n(ctx, rate, 1, max_wait).await
+    }
+
+    async fn reserve_n(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
         let now = self.now();
         let out = self
             .shard(ctx.key.encoded())
             .with_entry(ctx.key.encoded(), now, |entry| {
-                let out = rate.measure_and_replace(&mut entry.rate, now, nanos(max_wait), true);
+                let out =
+                    rate.measure_and_replace(&mut entry.rate, now, cost, nanos(max_wait), true);
                 entry.refresh_idle(Some(rate), now);
                 out
             });
@@ -245,7 +256,7 @@ impl Engine for MemoryEngine {
         for (index, (ctx, rate)) in items.iter().enumerate() {
             let pos = shard_of(&mut guards, ctx.key.encoded());
             let entry = guards[pos].1.entry(ctx.key.encoded(), now);
-            if let Err(retry) = rate.measure_and_replace(&mut entry.rate, now, max_wait, false) {
+            if let Err(retry) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
                 return Ok(BatchReservation::Denied {
                     index,
                     retry_after: from_nanos(retry),
@@ -258,7 +269,7 @@ impl Engine for MemoryEngine {
         for (ctx, rate) in items {
             let pos = shard_of(&mut guards, ctx.key.encoded());
             let entry = guards[pos].1.entry(ctx.key.encoded(), now);
-            if let Ok(w) = rate.measure_and_replace(&mut entry.rate, now, max_wait, false) {
+            if let Ok(w) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
                 wait = wait.max(w);
             }
         }

@@ -234,6 +234,26 @@ pub trait Engine: Send + Sync + Debug + 'static {
         max_wait: Duration,
     ) -> Result<Reservation, BackendError>;
 
+    /// [`reserve`](Self::reserve) for a weighted request: `cost` tokens
+    /// of a bucket (or grants of a window) at one slot, atomically. The
+    /// caller never asks more than [`RateSpec::capacity`]. The default
+    /// serves a cost of 1 only.
+    async fn reserve_n(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
+        if cost == 1 {
+            return self.reserve(ctx, rate, max_wait).await;
+        }
+        Err(BackendError::new(
+            self.kind(),
+            "this engine cannot reserve weighted requests",
+        ))
+    }
+
     /// Reserves one slot on every item, all within `max_wait`, or none at all.
     async fn reserve_all(
         &self,

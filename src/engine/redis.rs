@@ -228,6 +228,16 @@ impl Engine for RedisEngine {
         rate: &RateSpec,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
+        self.reserve_n(ctx, rate, 1, max_wait).await
+    }
+
+    async fn reserve_n(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
         let (kind, p1, p2) = script_args(rate);
         let mut conn = self.conn.clone();
         let (granted, wait, slot): (i64, i64, i64) = self
@@ -238,6 +248,7 @@ impl Engine for RedisEngine {
             .arg(p1)
             .arg(p2)
             .arg(max_wait_arg(max_wait))
+            .arg(cost)
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;

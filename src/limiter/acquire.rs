@@ -19,20 +19,55 @@ impl Limiter {
     /// while it waits leaves no concurrency slot held (a rate slot already
     /// reserved stays spent: that errs towards admitting less).
     pub async fn acquire(&self) -> Result<Permit> {
-        match self.shared.spec.timeout {
-            Some(t) => self.acquire_timeout(t).await,
-            None => self.run(Deadline::NEVER).await,
-        }
+        self.acquire_n(1).await
     }
 
     /// Like [`acquire`](Self::acquire), bounded by `timeout` instead of the configured one.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
-        self.run(Deadline::after(timeout)).await
+        self.acquire_n_timeout(1, timeout).await
     }
 
     /// A permit if one is free right now, without waiting; `None` otherwise.
     pub async fn try_acquire(&self) -> Result<Option<Permit>> {
-        match self.obtain(Wait::No).await? {
+        self.try_acquire_n(1).await
+    }
+
+    /// Like [`acquire`](Self::acquire) for a request that costs `n` tokens
+    /// of the rate limit at once (bytes, an LLM call's tokens, a batch):
+    /// one slot for all `n`, reserved atomically by the store, slept until
+    /// it begins. `n` above the burst (a window's limit) can never be
+    /// granted and fails at once with [`Error::InsufficientCapacity`]; so
+    /// does `n = 0`. A concurrency cap still counts one slot per permit.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+    /// let registry = ratesync::Registry::from_toml_str(
+    ///     "[limiters.bytes]\nrate_per_second = 1000.0\nburst = 1000",
+    /// ).await?;
+    /// let bytes = registry.limiter("bytes")?;
+    /// let upload = bytes.acquire_n(600).await?;             // 600 of the 1,000 at once
+    /// assert!(bytes.try_acquire_n(600).await?.is_none());   // 400 left: not now
+    /// assert!(matches!(bytes.acquire_n(1001).await,         // never: above the burst
+    ///     Err(ratesync::Error::InsufficientCapacity { capacity: 1000, .. })));
+    /// # drop(upload); Ok(()) }
+    /// ```
+    pub async fn acquire_n(&self, n: u32) -> Result<Permit> {
+        match self.shared.spec.timeout {
+            Some(t) => self.acquire_n_timeout(n, t).await,
+            None => self.run(Deadline::NEVER, n).await,
+        }
+    }
+
+    /// Like [`acquire_n`](Self::acquire_n), bounded by `timeout` instead of the configured one.
+    pub async fn acquire_n_timeout(&self, n: u32, timeout: Duration) -> Result<Permit> {
+        self.run(Deadline::after(timeout), n).await
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire) for a request that costs `n`
+    /// (see [`acquire_n`](Self::acquire_n)): a permit if `n` are free now.
+    pub async fn try_acquire_n(&self, n: u32) -> Result<Option<Permit>> {
+        self.check_cost(n)?;
+        match self.obtain(Wait::No, n).await? {
             Ok(permit) => Ok(Some(permit)),
             Err(_) => {
                 self.shared.metrics.record_timeout();
@@ -41,8 +76,33 @@ impl Limiter {
         }
     }
 
-    async fn run(&self, deadline: Deadline) -> Result<Permit> {
-        match self.obtain(Wait::Until(deadline)).await? {
+    /// Refuses at once a weight the limit can never grant.
+    fn check_cost(&self, n: u32) -> Result<()> {
+        if n == 1 {
+            return Ok(());
+        }
+        let capacity = match &self.shared.spec.rate {
+            Some(rate) => rate.capacity(),
+            None => {
+                return Err(Error::Unsupported(format!(
+                    "limiter `{}` has no rate limit, and a weight (n = {n}) counts against rate limits only; call acquire() for a concurrency slot",
+                    self.shared.name
+                )))
+            }
+        };
+        if n == 0 || n > capacity {
+            return Err(Error::InsufficientCapacity {
+                limiter: self.shared.name.to_string(),
+                requested: n,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
+    async fn run(&self, deadline: Deadline, n: u32) -> Result<Permit> {
+        self.check_cost(n)?;
+        match self.obtain(Wait::Until(deadline), n).await? {
             Ok(permit) => Ok(permit),
             Err(refusal) => {
                 self.shared.metrics.record_timeout();
@@ -61,7 +121,7 @@ impl Limiter {
     }
 
     /// The whole decision (see the module docs).
-    async fn obtain(&self, wait: Wait) -> Result<Result<Permit, Refusal>> {
+    async fn obtain(&self, wait: Wait, cost: u32) -> Result<Result<Permit, Refusal>> {
         let start = Instant::now();
         let spec = &self.shared.spec;
         let lease = match &spec.concurrency {
@@ -78,7 +138,11 @@ impl Limiter {
             let answer = loop {
                 let remaining = wait.remaining().unwrap_or(Duration::MAX);
                 let max_wait = horizon.map_or(remaining, |h| remaining.min(h));
-                let answer = self.shared.engine.reserve(self.ctx(), rate, max_wait).await;
+                let answer = self
+                    .shared
+                    .engine
+                    .reserve_n(self.ctx(), rate, cost, max_wait)
+                    .await;
                 match (answer, horizon) {
                     // Refused by the store's horizon, not by the caller's
                     // bound: sleep until the slot comes within it, unreserved.

@@ -110,11 +110,21 @@ impl Engine for FaultyStore {
         rate: &RateSpec,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
+        self.reserve_n(ctx, rate, 1, max_wait).await
+    }
+
+    async fn reserve_n(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
         let n = self.cas_failures_per_reserve.load(Ordering::SeqCst);
         if n > 0 {
             ctx.metrics.record_cas_failures(n);
         }
-        self.inner.reserve(ctx, rate, max_wait).await
+        self.inner.reserve_n(ctx, rate, cost, max_wait).await
     }
 
     async fn reserve_all(

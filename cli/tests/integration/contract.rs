@@ -74,6 +74,7 @@ pub async fn run_all(name: &str, engine: &dyn Engine, scope: &str) {
     leases_cap_renew_release_and_expire(engine, scope).await;
     a_release_fences_a_late_acquire(engine, scope).await;
     a_reset_forgets_the_key_and_wakes_its_waiters(engine, scope).await;
+    weighted_requests_take_their_cost_at_one_slot(engine, scope).await;
     println!("{name}: engine contract holds");
 }
 
@@ -360,4 +361,61 @@ async fn a_reset_forgets_the_key_and_wakes_its_waiters(e: &dyn Engine, scope: &s
         0,
         "nothing left to remove"
     );
+}
+
+/// `reserve_n`: a request of `cost` takes that many tokens (window grants)
+/// at one slot, waits as long as the cost needs, and one above the capacity
+/// never fits.
+async fn weighted_requests_take_their_cost_at_one_slot(e: &dyn Engine, scope: &str) {
+    let metrics = Metrics::new();
+    let reserve_n = |key: &StateKey, rate: RateSpec, cost: u32, max_wait: Duration| {
+        let metrics = &metrics;
+        let key = key.clone();
+        async move {
+            e.reserve_n(Ctx { key: &key, metrics }, &rate, cost, max_wait)
+                .await
+                .expect("engine answers")
+        }
+    };
+    // 10/s, burst 5: 3 now, then 3 more need one token more: 100 ms.
+    let key = StateKey::new(scope).child("weighted-bucket");
+    let rate = bucket(10.0, 5);
+    assert!(near(
+        granted(reserve_n(&key, rate, 3, Duration::ZERO).await),
+        Duration::ZERO
+    ));
+    match reserve_n(&key, rate, 3, Duration::ZERO).await {
+        Reservation::Denied { retry_after } => assert!(
+            near(retry_after, Duration::from_millis(100)),
+            "{retry_after:?}"
+        ),
+        other => panic!("3 of 2 remaining tokens: {other:?}"),
+    }
+    let wait = granted(reserve_n(&key, rate, 3, Duration::from_secs(1)).await);
+    assert!(near(wait, Duration::from_millis(100)), "{wait:?}");
+    // Six taken by 100 ms: one more token comes at 200 ms.
+    let next = granted(reserve_n(&key, rate, 1, Duration::from_secs(2)).await);
+    assert!(near(next, Duration::from_millis(200)), "{next:?}");
+    // A window of 5 per 2 s: 4 at once, then 2 must wait for the window.
+    let key = StateKey::new(scope).child("weighted-window");
+    let window = RateSpec::SlidingWindow(SlidingWindow::new(5, 2_000_000_000).unwrap());
+    assert!(near(
+        granted(reserve_n(&key, window, 4, Duration::ZERO).await),
+        Duration::ZERO
+    ));
+    assert!(near(
+        granted(reserve_n(&key, window, 1, Duration::ZERO).await),
+        Duration::ZERO
+    ));
+    match reserve_n(&key, window, 2, Duration::ZERO).await {
+        Reservation::Denied { retry_after } => {
+            assert!(near(retry_after, Duration::from_secs(2)), "{retry_after:?}")
+        }
+        other => panic!("a window of 5 with 5 used gave 2 more: {other:?}"),
+    }
+    // Above the capacity: never.
+    assert!(matches!(
+        reserve_n(&key, bucket(10.0, 5), 6, Duration::from_secs(3600)).await,
+        Reservation::Denied { .. }
+    ));
 }

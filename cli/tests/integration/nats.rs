@@ -525,3 +525,10 @@ fn the_cli_checks_resets_and_holds() {
     require!(nats_url());
     scenarios::the_cli_checks_resets_and_holds(&NATS, "NATS ");
 }
+
+#[test]
+fn weighted_requests_keep_the_limit_in_tokens() {
+    require!(nats_url());
+    let _serial = serial();
+    scenarios::weighted_requests_keep_the_limit_in_tokens(&NATS);
+}

@@ -427,3 +427,10 @@ fn check_reports_an_unreachable_store() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not contacted: --offline"));
 }
+
+#[test]
+fn weighted_requests_keep_the_limit_in_tokens() {
+    require_redis!();
+    let _serial = serial();
+    scenarios::weighted_requests_keep_the_limit_in_tokens(&REDIS);
+}

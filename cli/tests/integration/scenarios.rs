@@ -727,3 +727,47 @@ pub fn the_cli_checks_resets_and_holds(t: &Target, server: &str) {
         t.label
     );
 }
+
+/// Weighted requests from 4 processes x 8 tasks, each of cost 4, for 3 s on
+/// 200 tokens/s burst 20: tokens (each grant counted 4 times at its slot)
+/// never exceed `burst + rate*t` in any interval, and the limit is used.
+pub fn weighted_requests_keep_the_limit_in_tokens(t: &Target) {
+    let (rate, burst, cost, secs) = (200.0, 20u32, 4u32, 3.0);
+    let dir = scratch("weighted");
+    let config = write_config(
+        &dir,
+        &t.config(
+            "weighted",
+            &format!("[limiters.api]\nstore = \"s\"\nrate_per_second = {rate}\nburst = {burst}\n"),
+        ),
+    );
+    let mut opts = WorkerOpts::new("api", 8, secs);
+    opts.cost = cost;
+    let workers = spawn_workers(&config, &dir, 4, &opts, start_soon());
+    let (grants, _) = collect(workers);
+    let tokens: Vec<Grant> = grants
+        .iter()
+        .flat_map(|g| std::iter::repeat_n(*g, cost as usize))
+        .collect();
+    let r = check_bucket(&tokens, rate, burst, secs);
+    println!(
+        "{} weighted (cost {cost}) rate {rate}/s burst {burst}, 4 procs x 8 tasks, {secs} s: {} requests, \
+         {} tokens, max over any interval {:.3} tokens (allowed {burst}), utilisation {:.1}%",
+        t.label,
+        grants.len(),
+        r.grants,
+        r.max_over,
+        r.utilisation * 100.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        r.max_over <= f64::from(burst) + rate * 1e-6 + 1e-9,
+        "over-admission counted in tokens: {} above rate*t, burst {burst}",
+        r.max_over
+    );
+    assert!(
+        r.utilisation >= 0.8,
+        "weighted requests used {:.1}% of the limit",
+        r.utilisation * 100.0
+    );
+}

@@ -137,6 +137,8 @@ pub struct WorkerOpts {
     pub prefix: Vec<String>,
     /// Append holds to a file as they happen (see [`read_holds`]).
     pub holds: bool,
+    /// Each request's weight (`--cost`).
+    pub cost: u32,
 }
 
 impl WorkerOpts {
@@ -152,6 +154,7 @@ impl WorkerOpts {
             timeout: None,
             prefix: Vec::new(),
             holds: false,
+            cost: 1,
         }
     }
 }
@@ -183,6 +186,7 @@ pub fn spawn_workers(
                 .args(["--duration", &opts.duration.to_string()])
                 .args(["--mode", opts.mode])
                 .args(["--hold-ms", &opts.hold_ms.to_string()])
+                .args(["--cost", &opts.cost.to_string()])
                 .args(["--start-at-ms", &start_at_ms.to_string()])
                 .arg("--out")
                 .arg(&out)

@@ -427,6 +427,16 @@ impl Engine for NatsEngine {
         rate: &RateSpec,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
+        self.reserve_n(ctx, rate, 1, max_wait).await
+    }
+
+    async fn reserve_n(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
         let key = self.key("r", &ctx);
         // Never beyond the horizon, whoever calls (the limiter already
         // keeps to it; this guards direct callers of the engine).
@@ -435,7 +445,7 @@ impl Engine for NatsEngine {
         self.decide(&ctx, &key, move |state, now| {
             let mut cell = state.into_cell();
             let outcome = rate
-                .measure_and_replace(&mut cell, now, max_wait, true)
+                .measure_and_replace(&mut cell, now, cost, max_wait, true)
                 .map(|wait_ns| (wait_ns, State::of_cell(&rate, cell)));
             match outcome {
                 Ok((wait_ns, new)) => Step::Write(

@@ -84,7 +84,7 @@ impl Statements {
     fn new(s: &str) -> Self {
         Self {
             reserve: format!(
-                "SELECT granted, wait_us, slot_us FROM {s}.reserve($1, $2, $3, $4, $5)"
+                "SELECT granted, wait_us, slot_us FROM {s}.reserve_n($1, $2, $3, $4, $5, $6)"
             ),
             reserve_all: format!(
                 "SELECT granted, wait_us, refused FROM {s}.reserve_all($1, $2, $3, $4, $5)"
@@ -272,13 +272,24 @@ impl Engine for PostgresEngine {
         rate: &RateSpec,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
+        self.reserve_n(ctx, rate, 1, max_wait).await
+    }
+
+    async fn reserve_n(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, BackendError> {
         let (kind, p1, p2) = script_args(rate);
         let key = self.key(&ctx);
+        let cost = i32::try_from(cost).unwrap_or(i32::MAX);
         let row = self
             .one_per_key(
                 &[&key],
                 &self.sql.reserve,
-                &[&key, &kind, &p1, &p2, &max_wait_arg(max_wait)],
+                &[&key, &kind, &p1, &p2, &max_wait_arg(max_wait), &cost],
             )
             .await?;
         Ok(Reservation::from_wire(row.get(0), row.get(1), row.get(2)))

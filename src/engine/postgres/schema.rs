@@ -12,6 +12,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../engines/postgres/001_init.sql")),
     (2, include_str!("../../../engines/postgres/002_fences.sql")),
     (3, include_str!("../../../engines/postgres/003_reset.sql")),
+    (4, include_str!("../../../engines/postgres/004_weights.sql")),
 ];
 
 /// Idle rows deleted per table by one sweep call; a sweep repeats while full.
