@@ -75,7 +75,7 @@ pub async fn redis(
     })
 }
 
-/// `pgbench -f` calling `schema.reserve(key, kind, p1, p2, max_wait)` from
+/// `pgbench -f` calling `schema.reserve_n(key, kind, p1, p2, max_wait, 1)` (what the engine calls) from
 /// `clients` connections for `seconds`, prepared statements; with `keys` > 1
 /// each call picks one of `key.k0` ... at random, as per-key limiters do.
 #[cfg(feature = "postgres")]
@@ -108,7 +108,7 @@ pub fn postgres(
     std::fs::write(
         &script,
         format!(
-            "{set}SELECT granted, wait_us, slot_us FROM {schema}.reserve({literal}, {kind}, {p1}, {p2}, {max_wait});\n"
+            "{set}SELECT granted, wait_us, slot_us FROM {schema}.reserve_n({literal}, {kind}, {p1}, {p2}, {max_wait}, 1);\n"
         ),
     )
     .map_err(|e| format!("writing {}: {e}", script.display()))?;
@@ -133,7 +133,7 @@ pub fn postgres(
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("no tps line from pgbench in: {text}"))?;
     Ok(Reference {
-        tool: format!("pgbench -n -M prepared -c {clients} -T {seconds} -f <SELECT {schema}.reserve('{key}', {kind}, {p1}, {p2}, {max_wait})>"),
+        tool: format!("pgbench -n -M prepared -c {clients} -T {seconds} -f <SELECT {schema}.reserve_n('{key}', {kind}, {p1}, {p2}, {max_wait}, 1)>"),
         ops_per_second: tps,
         conflict_rate: None,
     })
