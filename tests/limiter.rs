@@ -598,10 +598,11 @@ impl Engine for DownEngine {
     fn kind(&self) -> &'static str {
         "down"
     }
-    async fn reserve(
+    async fn reserve_n(
         &self,
         _: Ctx<'_>,
         _: &RateSpec,
+        _: u32,
         _: Duration,
     ) -> Result<Reservation, BackendError> {
         Err(down())

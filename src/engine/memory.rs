@@ -176,15 +176,6 @@ impl Engine for MemoryEngine {
         "memory"
     }
 
-    async fn reserve(
-        &self,
-        ctx: Ctx<'_>,
-        rate: &RateSpec,
-        max_wait: Duration,
-    ) -> Result<Reservation, BackendError> {
-        self.reserve_n(ctx, rate, 1, max_wait).await
-    }
-
     async fn reserve_n(
         &self,
         ctx: Ctx<'_>,

@@ -225,33 +225,27 @@ pub trait Engine: Send + Sync + Debug + 'static {
         None
     }
 
-    /// Reserves the earliest rate slot for `ctx.key` that begins at most
-    /// `max_wait` from now, or reserves nothing and says when the earliest is.
-    async fn reserve(
-        &self,
-        ctx: Ctx<'_>,
-        rate: &RateSpec,
-        max_wait: Duration,
-    ) -> Result<Reservation, BackendError>;
-
-    /// [`reserve`](Self::reserve) for a weighted request: `cost` tokens
-    /// of a bucket (or grants of a window) at one slot, atomically. The
-    /// caller never asks more than [`RateSpec::capacity`]. The default
-    /// serves a cost of 1 only.
+    /// Reserves the earliest rate slot for `ctx.key`, for a request costing
+    /// `cost` tokens of a bucket (or grants of a window) at once, that
+    /// begins at most `max_wait` from now; or reserves nothing and says when
+    /// the earliest is. Atomic in the store. The limiter never asks a cost
+    /// above [`RateSpec::capacity`]; an engine refuses one (`Denied`).
     async fn reserve_n(
         &self,
         ctx: Ctx<'_>,
         rate: &RateSpec,
         cost: u32,
         max_wait: Duration,
+    ) -> Result<Reservation, BackendError>;
+
+    /// [`reserve_n`](Self::reserve_n) for one token.
+    async fn reserve(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
-        if cost == 1 {
-            return self.reserve(ctx, rate, max_wait).await;
-        }
-        Err(BackendError::new(
-            self.kind(),
-            "this engine cannot reserve weighted requests",
-        ))
+        self.reserve_n(ctx, rate, 1, max_wait).await
     }
 
     /// Reserves one slot on every item, all within `max_wait`, or none at all.

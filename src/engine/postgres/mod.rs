@@ -266,15 +266,6 @@ impl Engine for PostgresEngine {
         "postgres"
     }
 
-    async fn reserve(
-        &self,
-        ctx: Ctx<'_>,
-        rate: &RateSpec,
-        max_wait: Duration,
-    ) -> Result<Reservation, BackendError> {
-        self.reserve_n(ctx, rate, 1, max_wait).await
-    }
-
     async fn reserve_n(
         &self,
         ctx: Ctx<'_>,
