@@ -121,9 +121,21 @@ pub(crate) fn flush_on_drop() {
         .as_ref()
         .is_some_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     match handle {
-        Some(handle) if multi_thread => {
-            let done = tokio::task::block_in_place(|| {
-                handle.block_on(wait_for_releases(FLUSH_ON_DROP))
+        Some(_) if multi_thread => {
+            // The runtime's other threads run the releases while this one
+            // waits outside it (block_in_place). Polled on the OS clock
+            // rather than awaited: a drop may run while the runtime shuts
+            // down, when its timers can no longer be used; then the release
+            // tasks are being dropped too, and the count falls to zero.
+            let deadline = std::time::Instant::now() + FLUSH_ON_DROP;
+            let done = tokio::task::block_in_place(|| loop {
+                if BACKGROUND.running.load(Ordering::SeqCst) == 0 {
+                    break true;
+                }
+                if std::time::Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
             });
             if !done {
                 tracing::warn!(

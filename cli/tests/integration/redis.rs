@@ -434,3 +434,9 @@ fn weighted_requests_keep_the_limit_in_tokens() {
     let _serial = serial();
     scenarios::weighted_requests_keep_the_limit_in_tokens(&REDIS);
 }
+
+#[test]
+fn a_registry_dropped_at_shutdown_neither_hangs_nor_panics() {
+    require_redis!();
+    scenarios::a_registry_dropped_at_shutdown_neither_hangs_nor_panics(&REDIS);
+}

@@ -771,3 +771,35 @@ pub fn weighted_requests_keep_the_limit_in_tokens(t: &Target) {
         r.utilisation * 100.0
     );
 }
+
+/// A registry whose last handle and a permit live in a task that the
+/// runtime drops at shutdown: the drop neither hangs nor panics (the flush
+/// on drop must not use the runtime's timers, which are going away).
+pub fn a_registry_dropped_at_shutdown_neither_hangs_nor_panics(t: &Target) {
+    let config = t.config(
+        "shutdown",
+        "[limiters.jobs]\nstore = \"s\"\nmax_concurrent = 1\nlease_seconds = 60\n",
+    );
+    let started = Instant::now();
+    let rt = runtime();
+    rt.block_on(async {
+        let registry = Registry::from_toml_str(&config).await.unwrap();
+        let permit = registry.limiter("jobs").unwrap().acquire().await.unwrap();
+        tokio::spawn(async move {
+            let _kept = (registry, permit);
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+    });
+    drop(rt); // cancels the task: the permit and the last registry handle go
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutting down took {:?}",
+        started.elapsed()
+    );
+    println!(
+        "{}: a registry dropped at runtime shutdown: no hang, no panic ({:.2} s)",
+        t.label,
+        started.elapsed().as_secs_f64()
+    );
+}
