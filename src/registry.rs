@@ -305,7 +305,7 @@ impl Registry {
     /// otherwise keep its slot until its lease runs out. The registry stays
     /// usable.
     pub async fn close(&self) {
-        if !crate::limiter::wait_for_releases(std::time::Duration::from_secs(5)).await {
+        if !crate::limiter::wait_for_releases(crate::limiter::RELEASE_GRACE).await {
             tracing::warn!("some concurrency slots were not given back within 5 s; they free themselves when their leases run out");
         }
     }

@@ -188,10 +188,7 @@ impl Limiter {
 
     /// A permit for a request that `waited`, holding `lease`; counted.
     pub(crate) fn grant(&self, lease: Option<LeaseGuard>, waited: Duration) -> Permit {
-        self.shared
-            .metrics
-            .record_acquisition_at(waited, Instant::now().into_std());
-        Permit::new(self.shared.name.clone(), lease, waited)
+        self.grant_at(lease, waited, Instant::now())
     }
 
     /// [`grant`](Self::grant) for a request that began at `start`, with one
@@ -199,7 +196,10 @@ impl Limiter {
     /// measurable share of an in-process decision).
     fn grant_since(&self, lease: Option<LeaseGuard>, start: Instant) -> Permit {
         let now = Instant::now();
-        let waited = now.saturating_duration_since(start);
+        self.grant_at(lease, now.saturating_duration_since(start), now)
+    }
+
+    fn grant_at(&self, lease: Option<LeaseGuard>, waited: Duration, now: Instant) -> Permit {
         self.shared
             .metrics
             .record_acquisition_at(waited, now.into_std());

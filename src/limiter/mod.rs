@@ -20,8 +20,8 @@ mod wait;
 pub(crate) use permit::give_back;
 pub(crate) use permit::LeaseGuard;
 pub use permit::Permit;
-pub(crate) use release::flush_on_drop;
 pub use release::wait_for_releases;
+pub(crate) use release::{flush_on_drop, RELEASE_GRACE};
 pub(crate) use wait::Exhausted;
 
 use crate::engine::{ConcurrencyState, Ctx, Engine, RateState};
@@ -175,13 +175,26 @@ impl Limiter {
             FailureMode::FailClosed => {
                 tracing::error!(limiter = %s.name, store = %s.spec.store, op, error = %e,
                     "store failed; denying (on_backend_error = fail_closed)");
-                Err(Error::Backend {
-                    limiter: s.name.to_string(),
-                    store: s.spec.store.clone(),
-                    source: e,
-                })
+                Err(self.backend_error(e))
             }
         }
+    }
+
+    /// `e` as this limiter's [`Error::Backend`].
+    fn backend_error(&self, e: BackendError) -> Error {
+        Error::Backend {
+            limiter: self.shared.name.to_string(),
+            store: self.shared.spec.store.clone(),
+            source: e,
+        }
+    }
+
+    /// A store failure outside a decision (reading state, resetting,
+    /// releasing), where no failure mode applies: counted in
+    /// `backend_errors` and returned.
+    pub(crate) fn store_failed(&self, e: BackendError) -> Error {
+        self.shared.metrics.record_backend_error();
+        self.backend_error(e)
     }
 
     /// Forgets this limiter's state for its key (for a per-key limiter, call
@@ -191,15 +204,8 @@ impl Limiter {
     /// many stored entries were removed. Every engine supports it
     /// (`ratesync reset LIMITER [--key K]`).
     pub async fn reset(&self) -> Result<u64> {
-        let s = &self.shared;
-        s.engine.reset(self.ctx()).await.map_err(|e| {
-            s.metrics.record_backend_error();
-            Error::Backend {
-                limiter: s.name.to_string(),
-                store: s.spec.store.clone(),
-                source: e,
-            }
-        })
+        let reset = self.shared.engine.reset(self.ctx()).await;
+        reset.map_err(|e| self.store_failed(e))
     }
 
     /// Reads this limiter's state (remaining tokens or window count, holders,
@@ -207,14 +213,7 @@ impl Limiter {
     /// on `limiter.key(k)`.
     pub async fn state(&self) -> Result<LimiterState> {
         let s = &self.shared;
-        let wrap = |e: BackendError| {
-            s.metrics.record_backend_error();
-            Error::Backend {
-                limiter: s.name.to_string(),
-                store: s.spec.store.clone(),
-                source: e,
-            }
-        };
+        let wrap = |e| self.store_failed(e);
         let rate = match &s.spec.rate {
             Some(r) => Some(s.engine.rate_state(self.ctx(), r).await.map_err(wrap)?),
             None => None,

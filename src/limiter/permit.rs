@@ -4,7 +4,7 @@
 use super::release::release_in_background;
 use super::Limiter;
 use crate::engine::HolderId;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,14 +169,7 @@ impl LeaseGuard {
         let l = &self.limiter;
         match l.shared.engine.release_lease(l.ctx(), &self.holder).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                l.shared.metrics.record_backend_error();
-                Err(Error::Backend {
-                    limiter: l.shared.name.to_string(),
-                    store: l.shared.spec.store.clone(),
-                    source: e,
-                })
-            }
+            Err(e) => Err(l.store_failed(e)),
         }
     }
 }

@@ -102,8 +102,9 @@ fn release_detached(limiter: &Limiter, holder: HolderId, count_failure: bool) {
     }
 }
 
-/// How long a registry going away waits for the releases in flight.
-const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
+/// How long a registry waits for the releases in flight, closing
+/// ([`Registry::close`](crate::Registry::close)) or going away.
+pub(crate) const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 /// Called when a registry goes away: a program that dropped its permits and
 /// returns from `main` would otherwise shut the runtime down under their
@@ -116,18 +117,14 @@ pub(crate) fn flush_on_drop() {
     if pending == 0 {
         return;
     }
-    let handle = tokio::runtime::Handle::try_current().ok();
-    let multi_thread = handle
-        .as_ref()
-        .is_some_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    match handle {
-        Some(_) if multi_thread => {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             // The runtime's other threads run the releases while this one
             // waits outside it (block_in_place). Polled on the OS clock
             // rather than awaited: a drop may run while the runtime shuts
             // down, when its timers can no longer be used; then the release
             // tasks are being dropped too, and the count falls to zero.
-            let deadline = std::time::Instant::now() + FLUSH_ON_DROP;
+            let deadline = std::time::Instant::now() + RELEASE_GRACE;
             let done = tokio::task::block_in_place(|| loop {
                 if BACKGROUND.running.load(Ordering::SeqCst) == 0 {
                     break true;

@@ -562,7 +562,11 @@ impl Engine for NatsEngine {
         let mut deleted = 0;
         for kind in ["r", "c"] {
             let key = self.key(kind, &ctx);
-            let _turn = self.stripes.turn(&[&key]).await;
+            // This process's turn on the key, bounded like a decision's.
+            let _turn = within(ENGINE, self.timeout, async {
+                Ok(self.stripes.turn(&[key.as_str()]).await)
+            })
+            .await?;
             self.remember(&key, None);
             if self.read(&key).await?.1 == State::Empty {
                 continue;
