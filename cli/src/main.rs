@@ -246,7 +246,7 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             println!(
                 "limiter {limiter}{}: state reset on store {store} ({} entries removed)",
                 key.as_deref()
-                    .map(|k| format!(" key {k:?}"))
+                    .map(|k| format!(" key {}", shown_key(k)))
                     .unwrap_or_default(),
                 removed
             );
@@ -351,6 +351,16 @@ async fn check(config: &Config, offline: bool) -> worker::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A key as the CLI echoes it: quoted and escaped, and cut after 64
+/// characters with its length, so a huge or binary key stays one short line.
+fn shown_key(key: &str) -> String {
+    const SHOWN: usize = 64;
+    match key.char_indices().nth(SHOWN) {
+        None => format!("{key:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &key[..cut], key.len()),
+    }
+}
+
 /// The limiter `name` (its key `key`), said on stderr with its store and
 /// engine so the user knows where the state lives.
 fn pick(registry: &Registry, name: &str, key: Option<&str>) -> ratesync::Result<Limiter> {
@@ -359,7 +369,8 @@ fn pick(registry: &Registry, name: &str, key: Option<&str>) -> ratesync::Result<
     let engine = registry.store(store).map_or("?", |e| e.kind());
     eprintln!(
         "limiter {name}{} on store {store} ({engine}){}",
-        key.map(|k| format!(" key {k:?}")).unwrap_or_default(),
+        key.map(|k| format!(" key {}", shown_key(k)))
+            .unwrap_or_default(),
         if engine == "memory" {
             ": in-memory state is this process's own, fresh at every command"
         } else {
@@ -403,4 +414,19 @@ fn describe(l: &ratesync::config::LimiterSpec) -> String {
     }
     parts.push(l.on_backend_error.as_str().to_string());
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_key;
+
+    #[test]
+    fn keys_are_echoed_short_and_escaped() {
+        assert_eq!(shown_key("alice"), "\"alice\"");
+        let long = "é\u{1}".repeat(40_000);
+        let shown = shown_key(&long);
+        assert!(shown.ends_with("... (120000 bytes)"), "{shown}");
+        assert!(shown.len() < 400, "{}", shown.len());
+        assert!(!shown.contains('\u{1}'), "control characters are escaped");
+    }
 }
