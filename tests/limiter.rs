@@ -977,3 +977,169 @@ async fn weighted_permits_take_their_cost_and_wait_exactly() {
     ));
     assert!(slots.acquire_n(1).await.is_ok());
 }
+
+/// Coalescing (src/limiter/coalesce.rs), on a memory store made to coalesce
+/// and to answer 1 ms late, as a distant store would.
+mod coalescing {
+    use super::*;
+    use ratesync::testing::FaultyStore;
+
+    fn coalescing_store(delay: Duration) -> (Arc<FaultyStore>, Registry) {
+        let store = Arc::new(FaultyStore::memory());
+        store.set_coalescing(true);
+        store.delay_reserve_answers(delay);
+        let reg = Registry::new();
+        reg.add_store("far", store.clone());
+        (store, reg)
+    }
+
+    /// 40 tasks at once on one key with a burst of 10: exactly 10 grants,
+    /// decided in far fewer than 40 round trips.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_share_round_trips_and_stay_exact() {
+        let (store, reg) = coalescing_store(MS);
+        let api = reg
+            .register(
+                "api",
+                LimiterConfig::token_bucket(1.0, 10).with_store("far"),
+            )
+            .unwrap();
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { api.try_acquire().await.unwrap().is_some() })
+            })
+            .collect();
+        let mut granted = 0;
+        for t in tasks {
+            granted += usize::from(t.await.unwrap());
+        }
+        assert_eq!(granted, 10);
+        let trips = store.rate_round_trips();
+        assert!(trips <= 3, "40 requests took {trips} round trips");
+    }
+
+    /// Waiting requests coalesced with weighted ones: every caller gets its
+    /// own slot, and the grants never run ahead of `burst + rate * t`
+    /// counted in tokens.
+    #[tokio::test(start_paused = true)]
+    async fn coalesced_slots_keep_the_rate_in_tokens() {
+        let (store, reg) = coalescing_store(MS);
+        let api = reg
+            .register(
+                "api",
+                LimiterConfig::token_bucket(100.0, 5).with_store("far"),
+            )
+            .unwrap();
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..30u32)
+            .map(|i| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let cost = 1 + i % 3;
+                    let p = api.acquire_n(cost).await.unwrap();
+                    drop(p);
+                    (Instant::now() - start, cost)
+                })
+            })
+            .collect();
+        let mut grants = Vec::new();
+        for t in tasks {
+            grants.push(t.await.unwrap());
+        }
+        grants.sort();
+        let mut tokens = 0u32;
+        for (at, cost) in &grants {
+            tokens += cost;
+            // 5 tokens at once, then one every 10 ms.
+            let allowed = 5 + (at.as_millis() / 10) as u32;
+            assert!(tokens <= allowed, "{tokens} tokens by {at:?}: {grants:?}");
+        }
+        assert_eq!(tokens, 60);
+        assert!(store.rate_round_trips() < 30);
+        // 60 tokens at 100/s after a burst of 5: the last slot is at 550 ms.
+        let last = grants.last().unwrap().0;
+        assert!(last >= 550 * MS && last <= 560 * MS, "last at {last:?}");
+    }
+
+    /// A caller that gives up while its decision is in flight strands nobody:
+    /// the callers queued behind it are still decided, and the key is free.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_decision_strands_nobody() {
+        let (_store, reg) = coalescing_store(10 * MS);
+        let api = reg
+            .register(
+                "api",
+                LimiterConfig::token_bucket(1.0, 10).with_store("far"),
+            )
+            .unwrap();
+        let leader = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(2 * MS, api.try_acquire())
+                    .await
+                    .is_err()
+            })
+        };
+        tokio::task::yield_now().await;
+        let followers: Vec<_> = (0..5)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { api.try_acquire().await })
+            })
+            .collect();
+        assert!(leader.await.unwrap(), "the leader should have given up");
+        for f in followers {
+            let answer = tokio::time::timeout(Duration::from_secs(1), f)
+                .await
+                .expect("a queued caller was stranded")
+                .unwrap();
+            assert!(answer.unwrap().is_some());
+        }
+        // Nothing is left in flight: a later caller decides at once.
+        let p = tokio::time::timeout(Duration::from_secs(1), api.try_acquire()).await;
+        assert!(p.expect("the key stayed busy").unwrap().is_some());
+    }
+
+    /// A queued caller that gives up before its batch is sent takes no slot.
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_caller_that_gives_up_takes_nothing() {
+        let (_store, reg) = coalescing_store(10 * MS);
+        let api = reg
+            .register(
+                "api",
+                LimiterConfig::token_bucket(0.01, 4).with_store("far"),
+            )
+            .unwrap();
+        let leader = {
+            let api = api.clone();
+            tokio::spawn(async move { api.try_acquire().await.unwrap().is_some() })
+        };
+        tokio::task::yield_now().await;
+        let quitters: Vec<_> = (0..2)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(5 * MS, api.try_acquire())
+                        .await
+                        .is_err()
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let stayer = {
+            let api = api.clone();
+            tokio::spawn(async move { api.try_acquire().await.unwrap().is_some() })
+        };
+        assert!(leader.await.unwrap());
+        for q in quitters {
+            assert!(q.await.unwrap(), "a quitter was answered before it gave up");
+        }
+        assert!(stayer.await.unwrap());
+        // Two of the four tokens went; the quitters took none.
+        match api.state().await.unwrap().rate {
+            Some(RateState::TokenBucket { remaining, .. }) => assert_eq!(remaining, 2),
+            other => panic!("unexpected state {other:?}"),
+        }
+    }
+}

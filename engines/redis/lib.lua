@@ -62,3 +62,20 @@ local function commit(key, kind, p1, p2, now, at, tat, cost)
     redis.call('PEXPIRE', key, math.ceil((at + p2 - now) / 1000) + 1000)
   end
 end
+
+-- Reserves the earliest slot of a grant of `cost` within `max_wait` us
+-- (-1: unbounded) at `now`: {1, wait_us, slot_us} when reserved,
+-- {0, retry_after_us, now_us} when not. A cost above the burst (kind 1) or
+-- the limit (kind 2) never fits: {0, 0, now_us}.
+local function reserve_one(key, kind, p1, p2, now, max_wait, cost)
+  if cost < 1 or (kind == 1 and cost > p2) or (kind == 2 and cost > p1) then
+    return {0, 0, now}
+  end
+  local at, tat = earliest(key, kind, p1, p2, now, cost)
+  local wait = at - now
+  if max_wait >= 0 and wait > max_wait then
+    return {0, wait, now}
+  end
+  commit(key, kind, p1, p2, now, at, tat, cost)
+  return {1, wait, at}
+end

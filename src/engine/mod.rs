@@ -83,6 +83,16 @@ pub enum Reservation {
     },
 }
 
+/// One request of several decided together on one key (see
+/// [`Engine::reserve_many`]): what [`Engine::reserve_n`] takes, without the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateRequest {
+    /// Tokens (or window grants) the request takes at once.
+    pub cost: u32,
+    /// The latest its slot may begin, from the decision.
+    pub max_wait: Duration,
+}
+
 /// The outcome of an all-or-nothing reservation over several keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchReservation {
@@ -237,6 +247,33 @@ pub trait Engine: Send + Sync + Debug + 'static {
         cost: u32,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError>;
+
+    /// Whether the limiter should coalesce this process's concurrent
+    /// reservations of one key into one [`reserve_many`](Self::reserve_many)
+    /// call: true where a round trip costs far more than the decision
+    /// (docs/design.md, Coalescing).
+    fn coalesces(&self) -> bool {
+        false
+    }
+
+    /// Decides `requests` on `ctx.key` in their order, each exactly as a
+    /// [`reserve_n`](Self::reserve_n) call made after the one before it
+    /// would be, and answers one outcome per request. An engine that can
+    /// makes it one atomic step (one script, one statement, one
+    /// compare-and-set); the default calls `reserve_n` for each, and on a
+    /// failure fails them all (what was reserved before it stays spent).
+    async fn reserve_many(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        requests: &[RateRequest],
+    ) -> Result<Vec<Reservation>, BackendError> {
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            out.push(self.reserve_n(ctx, rate, r.cost, r.max_wait).await?);
+        }
+        Ok(out)
+    }
 
     /// [`reserve_n`](Self::reserve_n) for one token.
     async fn reserve(

@@ -25,8 +25,8 @@
 
 use super::{max_wait_arg, script_args, RateArgs};
 use super::{
-    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening, RateState,
-    ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening,
+    RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
@@ -57,6 +57,7 @@ fn source(body: &str) -> String {
 pub fn script_source(name: &str) -> Option<String> {
     let body = match name {
         "reserve" => include_str!("../../engines/redis/reserve.lua"),
+        "reserve_many" => include_str!("../../engines/redis/reserve_many.lua"),
         "reserve_all" => include_str!("../../engines/redis/reserve_all.lua"),
         "rate_state" => include_str!("../../engines/redis/rate_state.lua"),
         "lease_acquire" => include_str!("../../engines/redis/lease_acquire.lua"),
@@ -71,6 +72,7 @@ pub fn script_source(name: &str) -> Option<String> {
 
 struct Scripts {
     reserve: Script,
+    reserve_many: Script,
     reserve_all: Script,
     rate_state: Script,
     lease_acquire: Script,
@@ -85,6 +87,7 @@ impl Scripts {
         let load = |name| Script::new(&script_source(name).unwrap_or_default());
         Self {
             reserve: load("reserve"),
+            reserve_many: load("reserve_many"),
             reserve_all: load("reserve_all"),
             rate_state: load("rate_state"),
             lease_acquire: load("lease_acquire"),
@@ -244,6 +247,30 @@ impl Engine for RedisEngine {
             .await
             .map_err(backend)?;
         Ok(Reservation::from_wire(granted == 1, wait, slot))
+    }
+
+    fn coalesces(&self) -> bool {
+        true
+    }
+
+    async fn reserve_many(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        requests: &[RateRequest],
+    ) -> Result<Vec<Reservation>, BackendError> {
+        let (kind, p1, p2) = script_args(rate);
+        let mut invocation = self.scripts.reserve_many.key(self.rate_key(&ctx));
+        invocation.arg(kind).arg(p1).arg(p2);
+        for r in requests {
+            invocation.arg(max_wait_arg(r.max_wait)).arg(r.cost);
+        }
+        let mut conn = self.conn.clone();
+        let flat: Vec<i64> = invocation.invoke_async(&mut conn).await.map_err(backend)?;
+        Ok(flat
+            .chunks_exact(3)
+            .map(|r| Reservation::from_wire(r[0] == 1, r[1], r[2]))
+            .collect())
     }
 
     async fn reserve_all(

@@ -138,11 +138,7 @@ impl Limiter {
             let answer = loop {
                 let remaining = wait.remaining().unwrap_or(Duration::MAX);
                 let max_wait = horizon.map_or(remaining, |h| remaining.min(h));
-                let answer = self
-                    .shared
-                    .engine
-                    .reserve_n(self.ctx(), rate, cost, max_wait)
-                    .await;
+                let answer = self.reserve(rate, cost, max_wait).await;
                 match (answer, horizon) {
                     // Refused by the store's horizon, not by the caller's
                     // bound: sleep until the slot comes within it, unreserved.

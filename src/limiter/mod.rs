@@ -9,9 +9,11 @@
 //! decision and its waiting; `slot.rs` takes a concurrency slot, queueing
 //! for a release; `permit.rs` is what a grant hands out and the lease it
 //! holds; `release.rs` gives slots back when permits are dropped;
+//! `coalesce.rs` decides concurrent reservations of one key in one round trip;
 //! `wait.rs` says how long a request may wait and why it got nothing.
 
 mod acquire;
+mod coalesce;
 mod permit;
 mod release;
 mod slot;
@@ -70,6 +72,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// First-come, first-served order of this process's concurrency waiters.
     pub(crate) queues: crate::queue::WaitQueues,
+    /// This process's rate decisions in flight, per key, and who waits for
+    /// the next (see `coalesce.rs`).
+    pub(crate) coalescer: coalesce::Coalescer,
 }
 
 impl fmt::Debug for Limiter {
@@ -108,6 +113,7 @@ impl Limiter {
                 engine,
                 metrics,
                 queues: Default::default(),
+                coalescer: Default::default(),
             }),
         }
     }

@@ -21,13 +21,13 @@
 
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
-    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState,
-    ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateRequest,
+    RateState, ReleaseSignal, Reservation,
 };
 use crate::error::BackendError;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ pub struct FaultyStore {
     renewals: AtomicU8,
     lease_answer_delay_us: AtomicU64,
     cas_failures_per_reserve: AtomicU64,
+    reserve_answer_delay_us: AtomicU64,
+    coalescing: AtomicBool,
+    rate_round_trips: AtomicU64,
 }
 
 impl FaultyStore {
@@ -63,6 +66,9 @@ impl FaultyStore {
             renewals: AtomicU8::new(Renewals::Pass as u8),
             lease_answer_delay_us: AtomicU64::new(0),
             cas_failures_per_reserve: AtomicU64::new(0),
+            reserve_answer_delay_us: AtomicU64::new(0),
+            coalescing: AtomicBool::new(false),
+            rate_round_trips: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +87,35 @@ impl FaultyStore {
     pub fn delay_lease_answers(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.lease_answer_delay_us.store(us, Ordering::SeqCst);
+    }
+
+    /// Delays every answer to a rate decision by `d`, after the store has
+    /// decided, as a distant store would.
+    pub fn delay_reserve_answers(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.reserve_answer_delay_us.store(us, Ordering::SeqCst);
+    }
+
+    /// Makes limiters coalesce concurrent reservations of one key, as they
+    /// do on the network engines, even when the inner store does not ask
+    /// for it (the memory engine); `false` leaves it to the inner store.
+    pub fn set_coalescing(&self, on: bool) {
+        self.coalescing.store(on, Ordering::SeqCst);
+    }
+
+    /// Rate decisions sent to the inner store so far (one per
+    /// `reserve_n`, one per coalesced batch).
+    pub fn rate_round_trips(&self) -> u64 {
+        self.rate_round_trips.load(Ordering::SeqCst)
+    }
+
+    async fn answer_reserve<T>(&self, answer: T) -> T {
+        self.rate_round_trips.fetch_add(1, Ordering::SeqCst);
+        let delay = self.reserve_answer_delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        answer
     }
 
     /// Reports `n` compare-and-set conflicts with every rate decision, as a
@@ -115,7 +150,26 @@ impl Engine for FaultyStore {
         if n > 0 {
             ctx.metrics.record_cas_failures(n);
         }
-        self.inner.reserve_n(ctx, rate, cost, max_wait).await
+        let answer = self.inner.reserve_n(ctx, rate, cost, max_wait).await;
+        self.answer_reserve(answer).await
+    }
+
+    fn coalesces(&self) -> bool {
+        self.coalescing.load(Ordering::SeqCst) || self.inner.coalesces()
+    }
+
+    async fn reserve_many(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        requests: &[RateRequest],
+    ) -> Result<Vec<Reservation>, BackendError> {
+        let n = self.cas_failures_per_reserve.load(Ordering::SeqCst);
+        if n > 0 {
+            ctx.metrics.record_cas_failures(n);
+        }
+        let answer = self.inner.reserve_many(ctx, rate, requests).await;
+        self.answer_reserve(answer).await
     }
 
     async fn reserve_all(

@@ -5,7 +5,7 @@
 
 use ratesync::config::{ConcurrencySpec, RateSpec};
 use ratesync::engine::{
-    BatchReservation, Ctx, Engine, HolderId, LeaseOutcome, RateState, Reservation,
+    BatchReservation, Ctx, Engine, HolderId, LeaseOutcome, RateRequest, RateState, Reservation,
 };
 use ratesync::gcra::Gcra;
 use ratesync::metrics::Metrics;
@@ -75,6 +75,7 @@ pub async fn run_all(name: &str, engine: &dyn Engine, scope: &str) {
     a_release_fences_a_late_acquire(engine, scope).await;
     a_reset_forgets_the_key_and_wakes_its_waiters(engine, scope).await;
     weighted_requests_take_their_cost_at_one_slot(engine, scope).await;
+    a_batch_decides_each_request_in_order(engine, scope).await;
     println!("{name}: engine contract holds");
 }
 
@@ -418,4 +419,76 @@ async fn weighted_requests_take_their_cost_at_one_slot(e: &dyn Engine, scope: &s
         reserve_n(&key, bucket(10.0, 5), 6, Duration::from_secs(3600)).await,
         Reservation::Denied { .. }
     ));
+}
+
+/// `reserve_many` (what coalescing sends): each request decided as a
+/// `reserve_n` after the one before would be, a refused one changing
+/// nothing, in one call; the same waits as the weighted check above.
+async fn a_batch_decides_each_request_in_order(e: &dyn Engine, scope: &str) {
+    let metrics = Metrics::new();
+    let many = |key: &StateKey, rate: RateSpec, requests: Vec<(u32, Duration)>| {
+        let metrics = &metrics;
+        let key = key.clone();
+        async move {
+            let requests: Vec<RateRequest> = requests
+                .into_iter()
+                .map(|(cost, max_wait)| RateRequest { cost, max_wait })
+                .collect();
+            e.reserve_many(Ctx { key: &key, metrics }, &rate, &requests)
+                .await
+                .expect("engine answers")
+        }
+    };
+    let key = StateKey::new(scope).child("batch-bucket");
+    let rate = bucket(10.0, 5);
+    let (zero, second) = (Duration::ZERO, Duration::from_secs(1));
+    let out = many(
+        &key,
+        rate,
+        vec![
+            (3, zero),
+            (3, zero),
+            (3, second),
+            (6, Duration::from_secs(3600)),
+            (1, 2 * second),
+        ],
+    )
+    .await;
+    assert_eq!(out.len(), 5, "{out:?}");
+    assert!(near(granted(out[0]), zero), "{out:?}");
+    match out[1] {
+        Reservation::Denied { retry_after } => {
+            assert!(near(retry_after, Duration::from_millis(100)), "{out:?}")
+        }
+        _ => panic!("3 of 2 remaining tokens in a batch: {out:?}"),
+    }
+    assert!(near(granted(out[2]), Duration::from_millis(100)), "{out:?}");
+    assert!(matches!(out[3], Reservation::Denied { .. }), "{out:?}");
+    assert!(near(granted(out[4]), Duration::from_millis(200)), "{out:?}");
+    let slot = |r: Reservation| match r {
+        Reservation::Granted { slot_unix_us, .. } => slot_unix_us,
+        _ => None,
+    };
+    assert!(
+        slot(out[0]) <= slot(out[2]) && slot(out[2]) <= slot(out[4]),
+        "{out:?}"
+    );
+    // The batch stored what it granted, and nothing of what it refused.
+    let next = granted(reserve(e, &key, &rate, 2 * second).await);
+    assert!(near(next, Duration::from_millis(300)), "{next:?}");
+    // A window of 5 per 2 s: 4, then 1, then 2 must wait for the window.
+    let key = StateKey::new(scope).child("batch-window");
+    let window = RateSpec::SlidingWindow(SlidingWindow::new(5, 2_000_000_000).unwrap());
+    let out = many(&key, window, vec![(4, zero), (1, zero), (2, zero)]).await;
+    assert!(
+        near(granted(out[0]), zero) && near(granted(out[1]), zero),
+        "{out:?}"
+    );
+    match out[2] {
+        Reservation::Denied { retry_after } => {
+            assert!(near(retry_after, 2 * second), "{out:?}")
+        }
+        _ => panic!("a window of 5 with 5 used gave 2 more in a batch: {out:?}"),
+    }
+    assert!(many(&key, window, Vec::new()).await.is_empty());
 }

@@ -44,7 +44,7 @@ pub use settings::{MAX_CONCURRENT, MAX_WINDOW_LIMIT};
 use super::stripes::KeyStripes;
 use super::{
     within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::StoreConfig;
 use crate::quota::{ConcurrencySpec, RateSpec};
@@ -449,6 +449,55 @@ impl Engine for NatsEngine {
                 Err(retry) => Step::Keep(Reservation::Denied {
                     retry_after: Duration::from_nanos(retry),
                 }),
+            }
+        })
+        .await
+    }
+
+    fn coalesces(&self) -> bool {
+        true
+    }
+
+    /// One compare-and-set for the whole batch: the requests are decided in
+    /// order on one reading of the state, and a conflict decides them all
+    /// again on the state that won.
+    async fn reserve_many(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        requests: &[RateRequest],
+    ) -> Result<Vec<Reservation>, BackendError> {
+        let key = self.key("r", &ctx);
+        let horizon = self.reservation_horizon(rate);
+        let bounds: Vec<(u32, u64)> = requests
+            .iter()
+            .map(|r| (r.cost, nanos(r.max_wait.min(horizon.unwrap_or(r.max_wait)))))
+            .collect();
+        let rate = *rate;
+        self.decide(&ctx, &key, move |state, now| {
+            let mut cell = state.into_cell();
+            let mut granted_any = false;
+            let outcomes = bounds
+                .iter()
+                .map(|&(cost, max_wait)| {
+                    match rate.measure_and_replace(&mut cell, now, cost, max_wait, true) {
+                        Ok(wait_ns) => {
+                            granted_any = true;
+                            Reservation::Granted {
+                                wait: Duration::from_nanos(wait_ns),
+                                slot_unix_us: Some((now + wait_ns) / 1000),
+                            }
+                        }
+                        Err(retry) => Reservation::Denied {
+                            retry_after: Duration::from_nanos(retry),
+                        },
+                    }
+                })
+                .collect();
+            if granted_any {
+                Step::Write(State::of_cell(&rate, cell), outcomes)
+            } else {
+                Step::Keep(outcomes)
             }
         })
         .await

@@ -33,7 +33,7 @@ use super::stripes::KeyStripes;
 use super::{max_wait_arg, script_args, within};
 use super::{
     AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::StoreConfig;
 use crate::quota::{ConcurrencySpec, RateSpec};
@@ -70,6 +70,7 @@ pub struct PostgresEngine {
 /// The statements each decision runs, with the schema filled in.
 struct Statements {
     reserve: String,
+    reserve_many: String,
     reserve_all: String,
     rate_state: String,
     lease_acquire: String,
@@ -85,6 +86,9 @@ impl Statements {
         Self {
             reserve: format!(
                 "SELECT granted, wait_us, slot_us FROM {s}.reserve_n($1, $2, $3, $4, $5, $6)"
+            ),
+            reserve_many: format!(
+                "SELECT granted, wait_us, slot_us FROM {s}.reserve_many($1, $2, $3, $4, $5, $6)"
             ),
             reserve_all: format!(
                 "SELECT granted, wait_us, refused FROM {s}.reserve_all($1, $2, $3, $4, $5)"
@@ -284,6 +288,40 @@ impl Engine for PostgresEngine {
             )
             .await?;
         Ok(Reservation::from_wire(row.get(0), row.get(1), row.get(2)))
+    }
+
+    fn coalesces(&self) -> bool {
+        true
+    }
+
+    async fn reserve_many(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        requests: &[RateRequest],
+    ) -> Result<Vec<Reservation>, BackendError> {
+        let (kind, p1, p2) = script_args(rate);
+        let key = self.key(&ctx);
+        let max_waits: Vec<i64> = requests.iter().map(|r| max_wait_arg(r.max_wait)).collect();
+        let costs: Vec<i32> = requests
+            .iter()
+            .map(|r| i32::try_from(r.cost).unwrap_or(i32::MAX))
+            .collect();
+        let row = self
+            .one_per_key(
+                &[&key],
+                &self.sql.reserve_many,
+                &[&key, &kind, &p1, &p2, &max_waits, &costs],
+            )
+            .await?;
+        let (granted, waits, slots): (Vec<bool>, Vec<i64>, Vec<i64>) =
+            (row.get(0), row.get(1), row.get(2));
+        Ok(granted
+            .into_iter()
+            .zip(waits)
+            .zip(slots)
+            .map(|((g, w), s)| Reservation::from_wire(g, w, s))
+            .collect())
     }
 
     async fn reserve_all(

@@ -13,6 +13,10 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../../engines/postgres/002_fences.sql")),
     (3, include_str!("../../../engines/postgres/003_reset.sql")),
     (4, include_str!("../../../engines/postgres/004_weights.sql")),
+    (
+        5,
+        include_str!("../../../engines/postgres/005_coalescing.sql"),
+    ),
 ];
 
 /// Idle rows deleted per table by one sweep call; a sweep repeats while full.
