@@ -104,12 +104,6 @@ impl Coalescer {
         let dropped = self.lock().remove(key);
         drop(dropped); // outside the lock
     }
-
-    /// Keys with a decision in flight (for tests: none once all are answered).
-    #[cfg(test)]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// Held while a decision of `key` is in flight. Finished, it hands the queue
