@@ -313,10 +313,11 @@ fn contention_counts_every_conflict() {
         println!(
             "nats contention, 8 engines on one key, {rate}/s burst {burst}, {secs} s: {} grants, max over {:.3} (allowed {burst}), \
              {attempts} CAS attempts, {observed} conflicts ({:.0}%), cas_failures counted {counted}, \
-             {exhausted} decisions out of retries (max_cas_retries 16)",
+             {exhausted} decisions out of retries (max_cas_retries {})",
             r.grants,
             r.max_over,
-            observed as f64 / attempts.max(1) as f64 * 100.0
+            observed as f64 / attempts.max(1) as f64 * 100.0,
+            ratesync::config::store::DEFAULT_MAX_CAS_RETRIES
         );
         assert!(
             r.max_over <= f64::from(burst) + rate * 1e-6 + 1e-9,
