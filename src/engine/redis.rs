@@ -249,6 +249,8 @@ impl Engine for RedisEngine {
         Ok(Reservation::from_wire(granted == 1, wait, slot))
     }
 
+    /// One key at once from 3 processes × 16 tasks: 196,960 decisions/s
+    /// coalesced, 117,889 one script call each (docs/scaling.md).
     fn coalesces(&self) -> bool {
         true
     }

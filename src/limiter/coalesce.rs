@@ -145,6 +145,12 @@ async fn serve(limiter: Limiter, rate: RateSpec, mut batch: Vec<Queued>) {
         batch.retain(|q| !q.answer.is_closed());
         if !batch.is_empty() {
             decide(&limiter, &rate, batch).await;
+            // The callers just answered usually ask again at once (a loop of
+            // requests): let them queue for the next batch rather than find
+            // the key idle and each start a round trip of one. Measured on
+            // Postgres, one key, 3 processes × 16 tasks, every call a grant:
+            // 20,867 decisions/s without this yield, 29,404 with it.
+            tokio::task::yield_now().await;
         }
         match limiter.shared.coalescer.next_batch(&limiter.key) {
             Some(next) => batch = next,
