@@ -339,6 +339,10 @@ fn nats_store_settings() {
         "test.toml: stores.n.bucket: may contain only letters, digits, _ and -, got \"rate.sync\""
     );
     assert_eq!(
+        err("[stores.m]\nengine = \"memory\"\ncoalesce = false"),
+        "test.toml: stores.m.coalesce: applies only to engine `postgres` or `nats` or `redis`, this store's engine is `memory`; remove it"
+    );
+    assert_eq!(
         err("[stores.n]\nengine = \"nats\"\nurl = \"nats://h\"\nmax_cas_retries = 0"),
         "test.toml: stores.n.max_cas_retries: must be >= 1, got 0"
     );

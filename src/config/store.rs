@@ -74,9 +74,13 @@ pub struct StoreConfig {
     /// connect when absent.
     #[serde(default)]
     pub bucket: Option<String>,
-    /// NATS: compare-and-set conflicts in a row before a decision fails.before it fails (default 16).
+    /// NATS: compare-and-set conflicts in a row before a decision fails (default 64).
     #[serde(default)]
     pub max_cas_retries: Option<u32>,
+    /// Redis, Postgres, NATS: decide this process's concurrent requests of
+    /// one key in one round trip (default true; docs/design.md, Coalescing).
+    #[serde(default)]
+    pub coalesce: Option<bool>,
     /// NATS: a `.creds` file (JWT and NKey seed) to authenticate with.
     #[serde(default)]
     pub credentials_file: Option<String>,
@@ -129,9 +133,17 @@ impl StoreConfig {
         self.bucket.as_deref().unwrap_or("ratesync")
     }
 
+    /// Redis, Postgres, NATS: whether concurrent requests of one key are
+    /// coalesced.
+    pub fn coalesce(&self) -> bool {
+        self.coalesce.unwrap_or(true)
+    }
+
     /// NATS: compare-and-set conflicts in a row before a decision fails.
     pub fn max_cas_retries(&self) -> u32 {
-        self.max_cas_retries.unwrap_or(DEFAULT_MAX_CAS_RETRIES).max(1)
+        self.max_cas_retries
+            .unwrap_or(DEFAULT_MAX_CAS_RETRIES)
+            .max(1)
     }
 
     /// NATS: how long an untouched key is kept.
@@ -164,6 +176,7 @@ impl StoreConfig {
             tls_ca_file: None,
             bucket: None,
             max_cas_retries: None,
+            coalesce: None,
             credentials_file: None,
             max_age_seconds: None,
             clock_offset_ms: None,
@@ -180,10 +193,17 @@ impl EngineKind {
     pub fn own_settings(self) -> &'static [&'static str] {
         match self {
             EngineKind::Memory => &[],
-            EngineKind::Redis => &["tls_ca_file"],
-            EngineKind::Postgres => &["pool_size", "schema", "sweep_seconds", "tls_ca_file"],
+            EngineKind::Redis => &["tls_ca_file", "coalesce"],
+            EngineKind::Postgres => &[
+                "pool_size",
+                "schema",
+                "sweep_seconds",
+                "tls_ca_file",
+                "coalesce",
+            ],
             EngineKind::Nats => &[
                 "tls_ca_file",
+                "coalesce",
                 "bucket",
                 "max_cas_retries",
                 "credentials_file",
@@ -227,13 +247,14 @@ impl StoreConfig {
                 seconds(t, Range::at_least(0.001)).map_err(|m| (key, m))?;
             }
         }
-        let set: [(&'static str, bool); 8] = [
+        let set: [(&'static str, bool); 9] = [
             ("pool_size", self.pool_size.is_some()),
             ("schema", self.schema.is_some()),
             ("sweep_seconds", self.sweep_seconds.is_some()),
             ("tls_ca_file", self.tls_ca_file.is_some()),
             ("bucket", self.bucket.is_some()),
             ("max_cas_retries", self.max_cas_retries.is_some()),
+            ("coalesce", self.coalesce.is_some()),
             ("credentials_file", self.credentials_file.is_some()),
             ("max_age_seconds", self.max_age_seconds.is_some()),
         ];

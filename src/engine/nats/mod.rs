@@ -108,6 +108,8 @@ pub struct NatsEngine {
     stats: CasStats,
     releases: Arc<ReleaseHub>,
     listener: ReleaseListener,
+    /// The store's `coalesce` setting.
+    coalesce: bool,
     _prober: AbortOnDrop,
 }
 
@@ -226,6 +228,7 @@ impl NatsEngine {
             stats: CasStats::default(),
             releases: Arc::new(ReleaseHub::new()),
             listener: ReleaseListener::default(),
+            coalesce: config.coalesce(),
             _prober: prober,
         })
     }
@@ -455,7 +458,7 @@ impl Engine for NatsEngine {
     }
 
     fn coalesces(&self) -> bool {
-        true
+        self.coalesce
     }
 
     /// One compare-and-set for the whole batch: the requests are decided in

@@ -63,6 +63,8 @@ pub struct PostgresEngine {
     sql: Statements,
     releases: Arc<ReleaseHub>,
     listener: ReleaseListener,
+    /// The store's `coalesce` setting.
+    coalesce: bool,
     stripes: KeyStripes,
     _sweeper: AbortOnDrop,
 }
@@ -197,6 +199,7 @@ impl PostgresEngine {
             sql,
             releases: Arc::new(ReleaseHub::new()),
             listener: ReleaseListener::default(),
+            coalesce: config.coalesce(),
             stripes: KeyStripes::new(),
             _sweeper: sweeper,
         })
@@ -291,7 +294,7 @@ impl Engine for PostgresEngine {
     }
 
     fn coalesces(&self) -> bool {
-        true
+        self.coalesce
     }
 
     async fn reserve_many(
