@@ -237,7 +237,7 @@ fn redis_store_settings() {
     );
     assert_eq!(
         err("[stores.r]\nengine = \"redis\"\nurl = \"http://user:hunter2@cache:6379\""),
-        "test.toml: stores.r.url: must start with redis://, rediss:// (TLS) or unix://, got \"http://***@cache:6379\""
+        "test.toml: stores.r.url: must start with redis://, rediss:// (TLS), unix:// or, for a Redis Cluster, redis+cluster:// (rediss+cluster:// with TLS), got \"http://***@cache:6379\""
     );
     assert_eq!(
         err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nkey_prefix = \"my app*\""),
@@ -249,8 +249,13 @@ fn redis_store_settings() {
     );
     assert_eq!(
         err("[stores.r]\nengine = \"redis\"\nurl = \"redis://:pw@x\"\ntls_ca_file = \"ca.pem\""),
-        "test.toml: stores.r.tls_ca_file: is for TLS connections, and this url is not one: use rediss://, got \"redis://***@x\""
+        "test.toml: stores.r.tls_ca_file: is for TLS connections, and this url is not one: use rediss:// (or rediss+cluster://), got \"redis://***@x\""
     );
+    assert_eq!(
+        err("[stores.r]\nengine = \"redis\"\nurl = \"redis+cluster://u:secret@a:1/0\""),
+        "test.toml: stores.r.url: a cluster url names nodes only (host:port,host:port); a cluster has no databases, got \"redis+cluster://***@a:1/0\""
+    );
+
     assert_eq!(
         err("[stores.r]\nengine = \"redis\"\nurl = \"redis://x\"\nconnect_timeout = -1"),
         "test.toml: stores.r.connect_timeout: must be a positive number of seconds, got -1"

@@ -528,6 +528,13 @@ fn the_cli_checks_resets_and_holds() {
 }
 
 #[test]
+fn coalesced_hot_key_holds() {
+    require!(nats_url());
+    let _serial = serial();
+    scenarios::coalesced_hot_key_holds(&NATS);
+}
+
+#[test]
 fn weighted_requests_keep_the_limit_in_tokens() {
     require!(nats_url());
     let _serial = serial();

@@ -444,6 +444,13 @@ fn the_cli_checks_resets_and_holds() {
 }
 
 #[test]
+fn coalesced_hot_key_holds() {
+    require_postgres!();
+    let _serial = serial();
+    scenarios::coalesced_hot_key_holds(&POSTGRES);
+}
+
+#[test]
 fn weighted_requests_keep_the_limit_in_tokens() {
     require_postgres!();
     let _serial = serial();

@@ -429,6 +429,13 @@ fn check_reports_an_unreachable_store() {
 }
 
 #[test]
+fn coalesced_hot_key_holds() {
+    require_redis!();
+    let _serial = serial();
+    scenarios::coalesced_hot_key_holds(&REDIS);
+}
+
+#[test]
 fn weighted_requests_keep_the_limit_in_tokens() {
     require_redis!();
     let _serial = serial();

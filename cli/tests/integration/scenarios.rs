@@ -104,6 +104,20 @@ pub fn token_bucket_four_processes(t: &Target) {
     }
 }
 
+/// One hot key from 3 processes x 16 tasks not waiting, at 5,000/s: each
+/// process's requests are coalesced into batches (docs/design.md,
+/// Coalescing), and the batches of all three still never pass
+/// `burst + rate*t`. How much of the limit is used is the benches' business
+/// (docs/scaling.md); a floor of 30% fails only a stalled engine.
+pub fn coalesced_hot_key_holds(t: &Target) {
+    let r = bucket_run(t, "try", 5000.0, 50, (3, 16), 3.0);
+    assert!(
+        r.utilisation >= 0.3,
+        "only {:.1}% of the limit was used",
+        r.utilisation * 100.0
+    );
+}
+
 /// Each rate in turn: never above `burst + rate*t`, and, up to `exact_up_to`
 /// per second, an admitted rate within 3% of the limit. Above it the engine's
 /// own ceiling on one hot key (measured in the benches) is the bound, so only

@@ -7,7 +7,8 @@
 //!
 //! Commands go through one [`ConnectionManager`]: a multiplexed connection
 //! that many tasks share (calls are pipelined, not queued behind each other)
-//! and that reconnects by itself after an outage.
+//! and that reconnects by itself after an outage; or, for a store whose url
+//! names a Redis Cluster, through redis-rs's cluster client (see [`cluster`]).
 //!
 //! Keys are `{prefix}:{<encoded key>}:<kind>` where the braces are a Redis
 //! Cluster hash tag, so every key of one limiter key lands in one slot:
@@ -38,12 +39,17 @@ use crate::units::micros;
 use crate::error::{BackendError, Error};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+mod cluster;
+
+use cluster::Conn;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::Script;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const LIB: &str = include_str!("../../engines/redis/lib.lua");
+const LIB: &str = include_str!("../../../engines/redis/lib.lua");
 
 /// The full text of a script as the engine sends it: `lib.lua`, then the body.
 fn source(body: &str) -> String {
@@ -56,15 +62,15 @@ fn source(body: &str) -> String {
 /// `None` for an unknown name.
 pub fn script_source(name: &str) -> Option<String> {
     let body = match name {
-        "reserve" => include_str!("../../engines/redis/reserve.lua"),
-        "reserve_many" => include_str!("../../engines/redis/reserve_many.lua"),
-        "reserve_all" => include_str!("../../engines/redis/reserve_all.lua"),
-        "rate_state" => include_str!("../../engines/redis/rate_state.lua"),
-        "lease_acquire" => include_str!("../../engines/redis/lease_acquire.lua"),
-        "lease_renew" => include_str!("../../engines/redis/lease_renew.lua"),
-        "lease_release" => include_str!("../../engines/redis/lease_release.lua"),
-        "lease_state" => include_str!("../../engines/redis/lease_state.lua"),
-        "reset" => include_str!("../../engines/redis/reset.lua"),
+        "reserve" => include_str!("../../../engines/redis/reserve.lua"),
+        "reserve_many" => include_str!("../../../engines/redis/reserve_many.lua"),
+        "reserve_all" => include_str!("../../../engines/redis/reserve_all.lua"),
+        "rate_state" => include_str!("../../../engines/redis/rate_state.lua"),
+        "lease_acquire" => include_str!("../../../engines/redis/lease_acquire.lua"),
+        "lease_renew" => include_str!("../../../engines/redis/lease_renew.lua"),
+        "lease_release" => include_str!("../../../engines/redis/lease_release.lua"),
+        "lease_state" => include_str!("../../../engines/redis/lease_state.lua"),
+        "reset" => include_str!("../../../engines/redis/reset.lua"),
         _ => return None,
     };
     Some(source(body))
@@ -101,8 +107,12 @@ impl Scripts {
 
 /// The Redis engine (see the module docs).
 pub struct RedisEngine {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: Conn,
+    /// Where the release subscription connects: the server, or each seed of
+    /// a cluster in turn.
+    subscribers: Arc<[redis::Client]>,
+    next_subscriber: Arc<AtomicUsize>,
+    cluster: bool,
     prefix: String,
     url: String,
     scripts: Scripts,
@@ -130,37 +140,74 @@ impl RedisEngine {
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
         let (url, redacted) = config.connect_url();
         let connect_err = Error::connect(name, &redacted);
-        if url.starts_with("rediss://") {
+        if url.starts_with("rediss") {
             crate::tls::install_crypto_provider();
         }
-        let client = match &config.tls_ca_file {
-            // The given CA replaces the web PKI roots: a private Redis is
-            // signed by its own CA, and trusting public CAs besides would
-            // let any of them vouch for it.
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| connect_err(format!("tls_ca_file {path}: {e}")))?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                redis::Client::build_with_tls(url.as_str(), certs)
-                    .map_err(|e| connect_err(format!("tls_ca_file {path}: {e}")))?
-            }
-            None => redis::Client::open(url.as_str()).map_err(|e| connect_err(e.to_string()))?,
+        // The given CA replaces the web PKI roots: a private Redis is signed
+        // by its own CA, and trusting public CAs besides would let any of
+        // them vouch for it.
+        let certs = match &config.tls_ca_file {
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(
+                    std::fs::read(path)
+                        .map_err(|e| connect_err(format!("tls_ca_file {path}: {e}")))?,
+                ),
+            }),
+            None => None,
+        };
+        let client_of = |url: &str| match &certs {
+            Some(c) => redis::Client::build_with_tls(url, c.clone()),
+            None => redis::Client::open(url),
         };
         let timeout = config.response_timeout();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(config.connect_timeout()))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
+        let cluster = cluster::is_cluster(&url);
+        let (conn, subscribers) = if cluster {
+            let seeds = cluster::seeds(&url).map_err(&connect_err)?;
+            let mut builder = ClusterClientBuilder::new(seeds.clone())
+                .response_timeout(timeout)
+                .connection_timeout(config.connect_timeout())
+                // A failed-over master: the replica is promoted after the
+                // cluster's node timeout; retrying (with the client's
+                // growing wait) rides that out within a few seconds.
+                .retries(6);
+            if url.starts_with("rediss") {
+                builder = builder.tls(redis::cluster::TlsMode::Secure);
+            }
+            if let Some(c) = &certs {
+                builder = builder.certs(c.clone());
+            }
+            let client = builder.build().map_err(|e| connect_err(e.to_string()))?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let subscribers = seeds
+                .iter()
+                .map(|s| client_of(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| connect_err(e.to_string()))?;
+            (Conn::Cluster(conn), subscribers)
+        } else {
+            let client = client_of(url.as_str()).map_err(|e| match &config.tls_ca_file {
+                Some(path) => connect_err(format!("tls_ca_file {path}: {e}")),
+                None => connect_err(e.to_string()),
+            })?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(config.connect_timeout()))
+                .set_max_delay(Duration::from_secs(1))
+                .set_number_of_retries(3);
+            let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            (Conn::One(conn), vec![client])
+        };
         Ok(Self {
             conn,
-            client,
+            subscribers: subscribers.into(),
+            next_subscriber: Arc::new(AtomicUsize::new(0)),
+            cluster,
             prefix: config.prefix().to_string(),
             url: redacted,
             scripts: Scripts::new(),
@@ -189,10 +236,13 @@ impl RedisEngine {
 
     /// Starts the pattern subscription on first use (see [`ReleaseListener`]).
     async fn ensure_listener(&self) {
-        let (client, prefix) = (self.client.clone(), self.channel_prefix());
+        let (clients, next) = (self.subscribers.clone(), self.next_subscriber.clone());
+        let prefix = self.channel_prefix();
         self.listener
             .ensure("redis release subscription", &self.releases, move |l| {
-                listen(client.clone(), prefix.clone(), l)
+                // Each (re)connection tries the next seed of a cluster.
+                let client = clients[next.fetch_add(1, Ordering::Relaxed) % clients.len()].clone();
+                listen(client, prefix.clone(), l)
             })
             .await;
     }
@@ -226,6 +276,10 @@ async fn listen(client: redis::Client, channel_prefix: String, l: Listening) -> 
 impl Engine for RedisEngine {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn atomic_batches(&self) -> bool {
+        !self.cluster
     }
 
     async fn reserve_n(
@@ -283,6 +337,12 @@ impl Engine for RedisEngine {
         items: &[(Ctx<'_>, RateSpec)],
         max_wait: Duration,
     ) -> Result<BatchReservation, BackendError> {
+        if self.cluster {
+            return Err(BackendError::new(
+                "redis",
+                "a Redis Cluster keeps each limiter key in its own slot, so check_all cannot decide several keys at once there; put limiters used together in check_all on a single-server Redis store",
+            ));
+        }
         let mut inv = self.scripts.reserve_all.prepare_invoke();
         inv.arg(max_wait_arg(max_wait));
         for (ctx, rate) in items {
@@ -434,23 +494,33 @@ impl Engine for RedisEngine {
 /// CA file only with TLS.
 pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
     let url = store.required_url("url = \"redis://127.0.0.1:6379/0\"")?;
-    if !["redis://", "rediss://", "redis+unix://", "unix://"]
-        .iter()
-        .any(|s| url.starts_with(s))
+    if ![
+        "redis://",
+        "rediss://",
+        "redis+unix://",
+        "unix://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|s| url.starts_with(s))
     {
         return Err((
             "url",
             format!(
-                "must start with redis://, rediss:// (TLS) or unix://, got {:?}",
+                "must start with redis://, rediss:// (TLS), unix:// or, for a Redis Cluster, redis+cluster:// (rediss+cluster:// with TLS), got {:?}",
                 redact(url)
             ),
         ));
     }
-    if store.tls_ca_file.is_some() && !url.starts_with("rediss://") {
+    if cluster::is_cluster(url) {
+        cluster::seeds(url).map_err(|m| ("url", format!("{m}, got {:?}", redact(url))))?;
+    }
+    if store.tls_ca_file.is_some() && !url.starts_with("rediss") {
         return Err((
             "tls_ca_file",
             format!(
-                "is for TLS connections, and this url is not one: use rediss://, got {:?}",
+                "is for TLS connections, and this url is not one: use rediss:// (or rediss+cluster://), got {:?}",
                 redact(url)
             ),
         ));
