@@ -81,6 +81,11 @@ pub struct StoreConfig {
     /// one key in one round trip (default true; docs/design.md, Coalescing).
     #[serde(default)]
     pub coalesce: Option<bool>,
+    /// Redis: replicas that must acknowledge a decision's write before it is
+    /// answered, so a failover cannot forget a grant (default 1 on a
+    /// `redis+cluster://` url, 0 otherwise).
+    #[serde(default)]
+    pub replica_acks: Option<u32>,
     /// NATS: a `.creds` file (JWT and NKey seed) to authenticate with.
     #[serde(default)]
     pub credentials_file: Option<String>,
@@ -177,6 +182,7 @@ impl StoreConfig {
             bucket: None,
             max_cas_retries: None,
             coalesce: None,
+            replica_acks: None,
             credentials_file: None,
             max_age_seconds: None,
             clock_offset_ms: None,
@@ -193,7 +199,7 @@ impl EngineKind {
     pub fn own_settings(self) -> &'static [&'static str] {
         match self {
             EngineKind::Memory => &[],
-            EngineKind::Redis => &["tls_ca_file", "coalesce"],
+            EngineKind::Redis => &["tls_ca_file", "coalesce", "replica_acks"],
             EngineKind::Postgres => &[
                 "pool_size",
                 "schema",
@@ -247,7 +253,7 @@ impl StoreConfig {
                 seconds(t, Range::at_least(0.001)).map_err(|m| (key, m))?;
             }
         }
-        let set: [(&'static str, bool); 9] = [
+        let set: [(&'static str, bool); 10] = [
             ("pool_size", self.pool_size.is_some()),
             ("schema", self.schema.is_some()),
             ("sweep_seconds", self.sweep_seconds.is_some()),
@@ -255,6 +261,7 @@ impl StoreConfig {
             ("bucket", self.bucket.is_some()),
             ("max_cas_retries", self.max_cas_retries.is_some()),
             ("coalesce", self.coalesce.is_some()),
+            ("replica_acks", self.replica_acks.is_some()),
             ("credentials_file", self.credentials_file.is_some()),
             ("max_age_seconds", self.max_age_seconds.is_some()),
         ];

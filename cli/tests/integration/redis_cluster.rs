@@ -117,13 +117,21 @@ fn start_cluster() -> Cluster {
     cluster
 }
 
-/// Waits until every live node says `cluster_state:ok`.
+/// Waits until every node says `cluster_state:ok` and every replica is in
+/// sync with its master: the engine waits for a replica before answering,
+/// and a replica still loading its first copy would hold every answer up.
 fn wait_for_ok(ports: &[u16]) {
+    let ready = |p: u16| {
+        let repl = cli(p, &["info", "replication"]);
+        let synced = if repl.contains("role:master") {
+            repl.contains("connected_slaves:1") && repl.contains("state=online")
+        } else {
+            repl.contains("master_link_status:up") && repl.contains("master_sync_in_progress:0")
+        };
+        cli(p, &["cluster", "info"]).contains("cluster_state:ok") && synced
+    };
     let t0 = Instant::now();
-    while !ports
-        .iter()
-        .all(|&p| cli(p, &["cluster", "info"]).contains("cluster_state:ok"))
-    {
+    while !ports.iter().all(|&p| ready(p)) {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the cluster never became ok"
@@ -153,5 +161,112 @@ fn redis_cluster_holds_the_contract_and_the_limit() {
     scenarios::coalesced_hot_key_holds(&CLUSTER);
     scenarios::weighted_requests_keep_the_limit_in_tokens(&CLUSTER);
     scenarios::release_wakes_waiter(&CLUSTER);
+    let mut cluster = cluster;
+    a_killed_master_neither_over_admits_nor_stops(&mut cluster);
     drop(cluster);
+}
+
+/// The master of the limiter's slot is killed mid-run (SIGKILL, no
+/// goodbye): its replica is promoted after the node timeout, the workers'
+/// decisions fail meanwhile (fail_closed) and then go on by themselves, the
+/// killed node comes back as a replica, and over the whole run no interval
+/// saw more than `burst + rate*t` grants: every grant answered had reached a
+/// replica first (`replica_acks`, 1 by default on a cluster).
+fn a_killed_master_neither_over_admits_nor_stops(cluster: &mut Cluster) {
+    let (rate, burst, secs) = (200.0, 10, 20.0);
+    let dir = scratch("cluster-failover");
+    let prefix = unique_prefix("failover");
+    let config = write_config(
+        &dir,
+        &format!(
+            "{}\n[limiters.api]\nstore = \"s\"\nrate_per_second = {rate}\nburst = {burst}\n",
+            store(&prefix)
+        ),
+    );
+    // Every key of limiter `api` carries this hash tag, whatever the prefix.
+    let tag = ratesync::StateKey::new("api").encoded().to_string();
+    let any = cluster.nodes[0].0;
+    let slot: u16 = cli(any, &["cluster", "keyslot", &tag])
+        .trim()
+        .parse()
+        .unwrap();
+    let master = master_of(any, slot);
+    let mut opts = WorkerOpts::new("api", 8, secs);
+    opts.mode = "acquire";
+    let workers = spawn_workers(&config, &dir, 3, &opts, start_soon());
+    std::thread::sleep(Duration::from_millis(1500 + 3000));
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|(p, _)| *p == master)
+        .unwrap();
+    let (port, mut child) = cluster.nodes.remove(index);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let live: Vec<u16> = cluster.nodes.iter().map(|(p, _)| *p).collect();
+    let t0 = Instant::now();
+    while master_of(live[0], slot) == master {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no replica was promoted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let promoted_after = t0.elapsed();
+    // The killed node returns and rejoins as a replica of the new master.
+    cluster.nodes.push((port, start_node(&cluster.dir, port)));
+    let t1 = Instant::now();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|(p, _)| *p).collect();
+    wait_for_ok(&ports);
+    let synced_after = t1.elapsed();
+    let synced_at = now_us();
+    let (grants, summaries) = collect_through_outage(workers);
+    let r = check_bucket(&grants, rate, burst, secs);
+    let after = grants.iter().filter(|g| g.slot_us > synced_at).count();
+    let run_end = grants.iter().map(|g| g.slot_us).max().unwrap_or(synced_at);
+    let errors: u64 = summaries
+        .iter()
+        .filter(|l| l.starts_with("{\"worker\":"))
+        .map(|s| summary_count(s, "errors"))
+        .sum();
+    println!(
+        "redis cluster failover: master {master} of slot {slot} killed, replica promoted after {:.1} s; \
+         {} grants, max over any interval {:.3} (allowed {burst}), {errors} errors during the failover, \
+         the killed node back in sync as a replica {:.1} s after its restart, then {after} grants at {:.0}/s",
+        promoted_after.as_secs_f64(),
+        r.grants,
+        r.max_over,
+        synced_after.as_secs_f64(),
+        after as f64 / ((run_end.saturating_sub(synced_at)) as f64 / 1e6).max(1e-3),
+    );
+    assert!(
+        r.max_over <= f64::from(burst) + rate * 1e-6 + 1e-9,
+        "over-admission across the failover: {} above rate*t",
+        r.max_over
+    );
+    assert!(after > 0, "the workers never recovered after the failover");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The port of the master serving `slot`, as node `port` sees it.
+fn master_of(port: u16, slot: u16) -> u16 {
+    for line in cli(port, &["cluster", "nodes"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        let serves = f[8..].iter().any(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+        });
+        if serves {
+            let addr = f[1].split('@').next().unwrap_or("");
+            return addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
 }

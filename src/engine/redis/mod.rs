@@ -40,8 +40,10 @@ use crate::error::{BackendError, Error};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 mod cluster;
+mod durable;
 
 use cluster::Conn;
+use durable::Call;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::Script;
@@ -113,6 +115,9 @@ pub struct RedisEngine {
     subscribers: Arc<[redis::Client]>,
     next_subscriber: Arc<AtomicUsize>,
     cluster: bool,
+    /// Replicas that must have a write before it is answered (`replica_acks`).
+    replica_acks: u32,
+    timeout: Duration,
     prefix: String,
     url: String,
     scripts: Scripts,
@@ -131,8 +136,11 @@ impl std::fmt::Debug for RedisEngine {
     }
 }
 
+/// Names this engine in errors.
+const ENGINE: &str = "redis";
+
 fn backend(e: redis::RedisError) -> BackendError {
-    BackendError::new("redis", e.to_string())
+    BackendError::new(ENGINE, e.to_string())
 }
 
 impl RedisEngine {
@@ -208,6 +216,8 @@ impl RedisEngine {
             subscribers: subscribers.into(),
             next_subscriber: Arc::new(AtomicUsize::new(0)),
             cluster,
+            replica_acks: config.replica_acks.unwrap_or(u32::from(cluster)),
+            timeout,
             prefix: config.prefix().to_string(),
             url: redacted,
             scripts: Scripts::new(),
@@ -215,6 +225,14 @@ impl RedisEngine {
             listener: ReleaseListener::default(),
             coalesce: config.coalesce(),
         })
+    }
+
+    /// Runs a call that writes state a grant depends on, answered once
+    /// `replica_acks` replicas have it (see [`durable`]).
+    async fn durably<T: redis::FromRedisValue>(&self, call: Call<'_>) -> Result<T, BackendError> {
+        let mut conn = self.conn.clone();
+        call.run(&mut conn, self.replica_acks, self.timeout / 2)
+            .await
     }
 
     fn rate_key(&self, ctx: &Ctx<'_>) -> String {
@@ -290,19 +308,17 @@ impl Engine for RedisEngine {
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
         let (kind, p1, p2) = script_args(rate);
-        let mut conn = self.conn.clone();
         let (granted, wait, slot): (i64, i64, i64) = self
-            .scripts
-            .reserve
-            .key(self.rate_key(&ctx))
-            .arg(kind)
-            .arg(p1)
-            .arg(p2)
-            .arg(max_wait_arg(max_wait))
-            .arg(cost)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .durably(
+                Call::new(&self.scripts.reserve)
+                    .key(self.rate_key(&ctx))
+                    .arg(kind)
+                    .arg(p1)
+                    .arg(p2)
+                    .arg(max_wait_arg(max_wait))
+                    .arg(cost),
+            )
+            .await?;
         Ok(Reservation::from_wire(granted == 1, wait, slot))
     }
 
@@ -319,13 +335,15 @@ impl Engine for RedisEngine {
         requests: &[RateRequest],
     ) -> Result<Vec<Reservation>, BackendError> {
         let (kind, p1, p2) = script_args(rate);
-        let mut invocation = self.scripts.reserve_many.key(self.rate_key(&ctx));
-        invocation.arg(kind).arg(p1).arg(p2);
+        let mut call = Call::new(&self.scripts.reserve_many)
+            .key(self.rate_key(&ctx))
+            .arg(kind)
+            .arg(p1)
+            .arg(p2);
         for r in requests {
-            invocation.arg(max_wait_arg(r.max_wait)).arg(r.cost);
+            call = call.arg(max_wait_arg(r.max_wait)).arg(r.cost);
         }
-        let mut conn = self.conn.clone();
-        let flat: Vec<i64> = invocation.invoke_async(&mut conn).await.map_err(backend)?;
+        let flat: Vec<i64> = self.durably(call).await?;
         Ok(flat
             .chunks_exact(3)
             .map(|r| Reservation::from_wire(r[0] == 1, r[1], r[2]))
@@ -343,15 +361,12 @@ impl Engine for RedisEngine {
                 "a Redis Cluster keeps each limiter key in its own slot, so check_all cannot decide several keys at once there; put limiters used together in check_all on a single-server Redis store",
             ));
         }
-        let mut inv = self.scripts.reserve_all.prepare_invoke();
-        inv.arg(max_wait_arg(max_wait));
+        let mut call = Call::new(&self.scripts.reserve_all).arg(max_wait_arg(max_wait));
         for (ctx, rate) in items {
             let (kind, p1, p2) = script_args(rate);
-            inv.key(self.rate_key(ctx)).arg(kind).arg(p1).arg(p2);
+            call = call.key(self.rate_key(ctx)).arg(kind).arg(p1).arg(p2);
         }
-        let mut conn = self.conn.clone();
-        let (granted, wait, refused): (i64, i64, i64) =
-            inv.invoke_async(&mut conn).await.map_err(backend)?;
+        let (granted, wait, refused): (i64, i64, i64) = self.durably(call).await?;
         Ok(BatchReservation::from_wire(granted == 1, wait, refused))
     }
 
@@ -379,18 +394,16 @@ impl Engine for RedisEngine {
         holder: &HolderId,
         spec: &ConcurrencySpec,
     ) -> Result<LeaseOutcome, BackendError> {
-        let mut conn = self.conn.clone();
         let r: (i64, i64) = self
-            .scripts
-            .lease_acquire
-            .key(self.lease_key(&ctx))
-            .key(self.fence_key(&ctx))
-            .arg(holder.as_str())
-            .arg(micros(spec.lease))
-            .arg(spec.max)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .durably(
+                Call::new(&self.scripts.lease_acquire)
+                    .key(self.lease_key(&ctx))
+                    .key(self.fence_key(&ctx))
+                    .arg(holder.as_str())
+                    .arg(micros(spec.lease))
+                    .arg(spec.max),
+            )
+            .await?;
         Ok(LeaseOutcome::from_wire(r.0 == 1, r.1))
     }
 
@@ -400,16 +413,14 @@ impl Engine for RedisEngine {
         holder: &HolderId,
         lease: Duration,
     ) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
         let kept: i64 = self
-            .scripts
-            .lease_renew
-            .key(self.lease_key(&ctx))
-            .arg(holder.as_str())
-            .arg(micros(lease))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .durably(
+                Call::new(&self.scripts.lease_renew)
+                    .key(self.lease_key(&ctx))
+                    .arg(holder.as_str())
+                    .arg(micros(lease)),
+            )
+            .await?;
         Ok(kept == 1)
     }
 
