@@ -176,6 +176,10 @@ impl Engine for MemoryEngine {
         "memory"
     }
 
+    fn in_process(&self) -> bool {
+        true
+    }
+
     async fn reserve_n(
         &self,
         ctx: Ctx<'_>,

@@ -248,6 +248,14 @@ pub trait Engine: Send + Sync + Debug + 'static {
         max_wait: Duration,
     ) -> Result<Reservation, BackendError>;
 
+    /// Whether this engine decides in this process, in well under the
+    /// microsecond the metrics count waits in: the limiter then takes one
+    /// clock reading fewer for a grant that did not wait (a clock reading
+    /// is a measurable share of an in-process decision).
+    fn in_process(&self) -> bool {
+        false
+    }
+
     /// Whether the limiter should coalesce this process's concurrent
     /// reservations of one key into one [`reserve_many`](Self::reserve_many)
     /// call: true where a round trip costs far more than the decision

@@ -133,6 +133,7 @@ impl Limiter {
         };
         let mut slot = None;
         let mut overshoot = Duration::ZERO;
+        let mut slept = false;
         if let Some(rate) = &spec.rate {
             let horizon = self.shared.engine.reservation_horizon(rate);
             let answer = loop {
@@ -158,6 +159,7 @@ impl Limiter {
                         // future drops it and frees the slot.
                         let due = Instant::now() + wait;
                         tokio::time::sleep_until(due).await;
+                        slept = true;
                         overshoot = Instant::now().saturating_duration_since(due);
                     }
                 }
@@ -176,7 +178,14 @@ impl Limiter {
                 }
             }
         }
-        let mut permit = self.grant_since(lease, start);
+        // Decided in this process, with no wait for a slot or a sleep:
+        // nothing measurable passed since `start`.
+        let instant = !slept && spec.concurrency.is_none() && self.shared.engine.in_process();
+        let mut permit = if instant {
+            self.grant_at(lease, Duration::ZERO, start)
+        } else {
+            self.grant_since(lease, start)
+        };
         permit.slot_unix_us = slot;
         permit.overshoot = overshoot;
         Ok(Ok(permit))
