@@ -24,7 +24,7 @@ use crate::error::BackendError;
 use crate::lease::{self, Lease};
 use crate::units::{from_nanos, nanos};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use hashbrown::HashTable;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -47,8 +47,25 @@ struct Entry {
 
 #[derive(Debug)]
 struct Shard {
-    map: HashMap<Arc<str>, Entry>,
+    /// The entries, each stored with its key and the key's hash, so a
+    /// decision hashes its key once (for the shard and the table both).
+    map: HashTable<Item>,
     sweep_at: usize,
+}
+
+#[derive(Debug)]
+struct Item {
+    hash: u64,
+    key: Arc<str>,
+    entry: Entry,
+}
+
+/// A key and its hash under the engine's keyed SipHash (collision-resistant
+/// for keys clients choose).
+#[derive(Clone, Copy)]
+struct Hashed<'a> {
+    key: &'a str,
+    hash: u64,
 }
 
 /// The in-memory engine (see the module docs).
@@ -76,7 +93,7 @@ impl MemoryEngine {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        map: HashMap::new(),
+                        map: HashTable::new(),
                         sweep_at: MIN_SWEEP_LEN,
                     })
                 })
@@ -100,16 +117,45 @@ impl MemoryEngine {
         self.epoch_unix_us.saturating_add(ns / 1000)
     }
 
-    fn shard_index(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+    fn hashed<'a>(&self, key: &'a str) -> Hashed<'a> {
+        Hashed {
+            key,
+            hash: self.hasher.hash_one(key),
+        }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+    /// The shard of a key: bits 32..38 of its hash, which the shard's table
+    /// does not use for its buckets (the low bits) nor its tags (the top 7).
+    fn shard_index(k: Hashed<'_>) -> usize {
+        ((k.hash >> 32) as usize) % SHARDS
+    }
+
+    fn shard(&self, k: Hashed<'_>) -> MutexGuard<'_, Shard> {
         // A panic while holding a shard cannot leave an entry half-written
         // (every update is a plain store), so a poisoned lock is still sound.
-        self.shards[self.shard_index(key)]
+        self.shards[Self::shard_index(k)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One rate decision on `ctx.key`, in this process (see [`Engine::reserve_n`]).
+    fn decide(&self, ctx: Ctx<'_>, rate: &RateSpec, cost: u32, max_wait: Duration) -> Reservation {
+        let now = self.now();
+        let k = self.hashed(ctx.key.encoded());
+        let out = self.shard(k).with_entry(k, now, |entry| {
+            let out = rate.measure_and_replace(&mut entry.rate, now, cost, nanos(max_wait), true);
+            entry.refresh_idle(Some(rate), now);
+            out
+        });
+        match out {
+            Ok(wait) => Reservation::Granted {
+                wait: from_nanos(wait),
+                slot_unix_us: Some(self.unix_us_at(now + wait)),
+            },
+            Err(retry) => Reservation::Denied {
+                retry_after: from_nanos(retry),
+            },
+        }
     }
 
     /// Keys currently held (idle ones may linger until their shard is swept).
@@ -130,33 +176,49 @@ impl MemoryEngine {
         let now = self.now();
         for s in self.shards.iter() {
             let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
-            s.map.retain(|_, e| e.idle_at > now);
+            s.map.retain(|i| i.entry.idle_at > now);
             s.sweep_at = (s.map.len() * 2).max(MIN_SWEEP_LEN);
         }
     }
 }
 
 impl Shard {
-    /// Runs `f` on `key`'s entry, made if absent, hashing the key once when
-    /// it is there (the common case: `entry` hashes it twice).
-    fn with_entry<R>(&mut self, key: &str, now: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
-        if let Some(e) = self.map.get_mut(key) {
-            return f(e);
-        }
-        f(self.entry(key, now))
+    /// Runs `f` on `k`'s entry, made if absent.
+    fn with_entry<R>(&mut self, k: Hashed<'_>, now: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
+        f(self.entry(k, now))
     }
 
-    fn entry(&mut self, key: &str, now: u64) -> &mut Entry {
-        if !self.map.contains_key(key) {
-            if self.map.len() >= self.sweep_at {
-                self.map.retain(|_, e| e.idle_at > now);
-                self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP_LEN);
-            }
-            self.map.insert(key.into(), Entry::default());
-        }
+    fn get(&self, k: Hashed<'_>) -> Option<&Entry> {
         self.map
-            .get_mut(key)
-            .unwrap_or_else(|| unreachable!("inserted above"))
+            .find(k.hash, |i| &*i.key == k.key)
+            .map(|i| &i.entry)
+    }
+
+    fn get_mut(&mut self, k: Hashed<'_>) -> Option<&mut Entry> {
+        self.map
+            .find_mut(k.hash, |i| &*i.key == k.key)
+            .map(|i| &mut i.entry)
+    }
+
+    fn remove(&mut self, k: Hashed<'_>) -> Option<Entry> {
+        let found = self.map.find_entry(k.hash, |i| &*i.key == k.key).ok()?;
+        Some(found.remove().0.entry)
+    }
+
+    fn entry(&mut self, k: Hashed<'_>, now: u64) -> &mut Entry {
+        if self.map.len() >= self.sweep_at && self.get(k).is_none() {
+            self.map.retain(|i| i.entry.idle_at > now);
+            self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP_LEN);
+        }
+        let item = self
+            .map
+            .entry(k.hash, |i| &*i.key == k.key, |i| i.hash)
+            .or_insert_with(|| Item {
+                hash: k.hash,
+                key: k.key.into(),
+                entry: Entry::default(),
+            });
+        &mut item.into_mut().entry
     }
 }
 
@@ -187,24 +249,17 @@ impl Engine for MemoryEngine {
         cost: u32,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
-        let now = self.now();
-        let out = self
-            .shard(ctx.key.encoded())
-            .with_entry(ctx.key.encoded(), now, |entry| {
-                let out =
-                    rate.measure_and_replace(&mut entry.rate, now, cost, nanos(max_wait), true);
-                entry.refresh_idle(Some(rate), now);
-                out
-            });
-        Ok(match out {
-            Ok(wait) => Reservation::Granted {
-                wait: from_nanos(wait),
-                slot_unix_us: Some(self.unix_us_at(now + wait)),
-            },
-            Err(retry) => Reservation::Denied {
-                retry_after: from_nanos(retry),
-            },
-        })
+        Ok(self.decide(ctx, rate, cost, max_wait))
+    }
+
+    fn reserve_n_now(
+        &self,
+        ctx: Ctx<'_>,
+        rate: &RateSpec,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Option<Reservation> {
+        Some(self.decide(ctx, rate, cost, max_wait))
     }
 
     async fn reserve_all(
@@ -225,7 +280,7 @@ impl Engine for MemoryEngine {
         // Lock every shard involved, in index order so two batches cannot deadlock.
         let mut indices: Vec<usize> = items
             .iter()
-            .map(|(c, _)| self.shard_index(c.key.encoded()))
+            .map(|(c, _)| Self::shard_index(self.hashed(c.key.encoded())))
             .collect();
         indices.sort_unstable();
         indices.dedup();
@@ -240,8 +295,8 @@ impl Engine for MemoryEngine {
                 )
             })
             .collect();
-        let shard_of = |guards: &mut [(usize, MutexGuard<'_, Shard>)], key: &str| -> usize {
-            let i = self.shard_index(key);
+        let shard_of = |guards: &mut [(usize, MutexGuard<'_, Shard>)], k: Hashed<'_>| -> usize {
+            let i = Self::shard_index(k);
             guards
                 .iter()
                 .position(|(j, _)| *j == i)
@@ -249,8 +304,9 @@ impl Engine for MemoryEngine {
         };
         // First decide every item without storing, then store all or nothing.
         for (index, (ctx, rate)) in items.iter().enumerate() {
-            let pos = shard_of(&mut guards, ctx.key.encoded());
-            let entry = guards[pos].1.entry(ctx.key.encoded(), now);
+            let k = self.hashed(ctx.key.encoded());
+            let pos = shard_of(&mut guards, k);
+            let entry = guards[pos].1.entry(k, now);
             if let Err(retry) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
                 return Ok(BatchReservation::Denied {
                     index,
@@ -262,15 +318,17 @@ impl Engine for MemoryEngine {
         // every key is charged at the latest slot, when the caller proceeds.
         let mut wait = 0;
         for (ctx, rate) in items {
-            let pos = shard_of(&mut guards, ctx.key.encoded());
-            let entry = guards[pos].1.entry(ctx.key.encoded(), now);
+            let k = self.hashed(ctx.key.encoded());
+            let pos = shard_of(&mut guards, k);
+            let entry = guards[pos].1.entry(k, now);
             if let Ok(w) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
                 wait = wait.max(w);
             }
         }
         for (ctx, rate) in items {
-            let pos = shard_of(&mut guards, ctx.key.encoded());
-            let entry = guards[pos].1.entry(ctx.key.encoded(), now);
+            let k = self.hashed(ctx.key.encoded());
+            let pos = shard_of(&mut guards, k);
+            let entry = guards[pos].1.entry(k, now);
             rate.record_at(&mut entry.rate, now, now + wait);
             entry.refresh_idle(Some(rate), now);
         }
@@ -281,9 +339,10 @@ impl Engine for MemoryEngine {
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
         let now = self.now();
-        let shard = self.shard(ctx.key.encoded());
+        let k = self.hashed(ctx.key.encoded());
+        let shard = self.shard(k);
         let empty = RateCell::default();
-        let cell = shard.map.get(ctx.key.encoded()).map_or(&empty, |e| &e.rate);
+        let cell = shard.get(k).map_or(&empty, |e| &e.rate);
         Ok(RateState::of_cell(rate, cell, now))
     }
 
@@ -294,8 +353,9 @@ impl Engine for MemoryEngine {
         spec: &ConcurrencySpec,
     ) -> Result<LeaseOutcome, BackendError> {
         let now = self.now();
-        let mut shard = self.shard(ctx.key.encoded());
-        let entry = shard.entry(ctx.key.encoded(), now);
+        let k = self.hashed(ctx.key.encoded());
+        let mut shard = self.shard(k);
+        let entry = shard.entry(k, now);
         let out = lease::acquire(
             &mut entry.leases,
             holder.as_str(),
@@ -319,8 +379,9 @@ impl Engine for MemoryEngine {
         lease: Duration,
     ) -> Result<bool, BackendError> {
         let now = self.now();
-        let mut shard = self.shard(ctx.key.encoded());
-        let Some(entry) = shard.map.get_mut(ctx.key.encoded()) else {
+        let k = self.hashed(ctx.key.encoded());
+        let mut shard = self.shard(k);
+        let Some(entry) = shard.get_mut(k) else {
             return Ok(false);
         };
         let kept = lease::renew(&mut entry.leases, holder.as_str(), now, nanos(lease));
@@ -335,8 +396,9 @@ impl Engine for MemoryEngine {
     fn release_lease_now(&self, ctx: Ctx<'_>, holder: &HolderId) -> Option<bool> {
         let now = self.now();
         let released = {
-            let mut shard = self.shard(ctx.key.encoded());
-            let entry = shard.entry(ctx.key.encoded(), now);
+            let k = self.hashed(ctx.key.encoded());
+            let mut shard = self.shard(k);
+            let entry = shard.entry(k, now);
             let released = lease::release(&mut entry.leases, holder.as_str(), now);
             entry.refresh_idle(None, now);
             released
@@ -353,10 +415,10 @@ impl Engine for MemoryEngine {
         spec: &ConcurrencySpec,
     ) -> Result<ConcurrencyState, BackendError> {
         let now = self.now();
-        let shard = self.shard(ctx.key.encoded());
+        let k = self.hashed(ctx.key.encoded());
+        let shard = self.shard(k);
         let live = shard
-            .map
-            .get(ctx.key.encoded())
+            .get(k)
             .map(|e| {
                 lease::holders(&e.leases)
                     .filter(|l| l.expires_at > now)
@@ -376,7 +438,8 @@ impl Engine for MemoryEngine {
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
-        let removed = self.shard(ctx.key.encoded()).map.remove(ctx.key.encoded());
+        let k = self.hashed(ctx.key.encoded());
+        let removed = self.shard(k).remove(k);
         self.releases.notify(ctx.key.encoded());
         Ok(u64::from(removed.is_some()))
     }

@@ -283,6 +283,20 @@ pub trait Engine: Send + Sync + Debug + 'static {
         Ok(out)
     }
 
+    /// [`reserve_n`](Self::reserve_n) without awaiting, where the engine
+    /// decides in this process (the memory engine); `None` asks the caller
+    /// to await `reserve_n` instead. Saves the boxed future of an async
+    /// trait call, a measurable share of an in-process decision.
+    fn reserve_n_now(
+        &self,
+        _ctx: Ctx<'_>,
+        _rate: &RateSpec,
+        _cost: u32,
+        _max_wait: Duration,
+    ) -> Option<Reservation> {
+        None
+    }
+
     /// [`reserve_n`](Self::reserve_n) for one token.
     async fn reserve(
         &self,

@@ -8,7 +8,7 @@
 //! Commands go through one [`ConnectionManager`]: a multiplexed connection
 //! that many tasks share (calls are pipelined, not queued behind each other)
 //! and that reconnects by itself after an outage; or, for a store whose url
-//! names a Redis Cluster, through redis-rs's cluster client (see [`cluster`]).
+//! names a Redis Cluster, through redis-rs's cluster client (see `cluster.rs`).
 //!
 //! Keys are `{prefix}:{<encoded key>}:<kind>` where the braces are a Redis
 //! Cluster hash tag, so every key of one limiter key lands in one slot:
@@ -228,7 +228,7 @@ impl RedisEngine {
     }
 
     /// Runs a call that writes state a grant depends on, answered once
-    /// `replica_acks` replicas have it (see [`durable`]).
+    /// `replica_acks` replicas have it (see `durable.rs`).
     async fn durably<T: redis::FromRedisValue>(&self, call: Call<'_>) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         call.run(&mut conn, self.replica_acks, self.timeout / 2)
