@@ -21,6 +21,7 @@ pub struct Metrics {
     max_wait_us: AtomicU64,
     timeouts: AtomicU64,
     cas_failures: AtomicU64,
+    coalesced: AtomicU64,
     last_acquisition_at_ms: AtomicU64,
     current_concurrent: AtomicI64,
     max_concurrent_reached: AtomicU64,
@@ -82,6 +83,9 @@ pub struct MetricsSnapshot {
     pub timeouts: u64,
     /// Compare-and-set conflicts met by the engine (NATS); 0 for atomic engines.
     pub cas_failures: u64,
+    /// Rate requests decided in a round trip shared with others of the same
+    /// key (README: Coalescing); 0 on the memory engine.
+    pub coalesced: u64,
     /// Unix time in seconds of the last grant, if any.
     pub last_acquisition_at: Option<f64>,
     /// Concurrency slots this process holds now.
@@ -179,6 +183,11 @@ impl Metrics {
         self.cas_failures.fetch_add(n, Relaxed);
     }
 
+    /// Counts `n` rate requests decided together in one round trip.
+    pub fn record_coalesced(&self, n: u64) {
+        self.coalesced.fetch_add(n, Relaxed);
+    }
+
     /// Counts a store failure.
     pub fn record_backend_error(&self) {
         self.backend_errors.fetch_add(1, Relaxed);
@@ -225,6 +234,7 @@ impl Metrics {
             max_wait_time_ms: self.max_wait_us.load(Relaxed) as f64 / 1000.0,
             timeouts: self.timeouts.load(Relaxed),
             cas_failures: self.cas_failures.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
             last_acquisition_at: (last_ms != 0).then(|| last_ms as f64 / 1000.0),
             current_concurrent: self.current_concurrent.load(Relaxed),
             max_concurrent_reached: self.max_concurrent_reached.load(Relaxed),

@@ -13,6 +13,7 @@
 //! | `ratesync_acquisitions_total` | counter | permits granted |
 //! | `ratesync_timeouts_total` | counter | refused `try_acquire` + timed-out `acquire` |
 //! | `ratesync_cas_failures_total` | counter | compare-and-set conflicts (NATS) |
+//! | `ratesync_coalesced_total` | counter | rate requests decided in a round trip shared with others |
 //! | `ratesync_backend_errors_total` | counter | store failures |
 //! | `ratesync_leases_lost_total` | counter | concurrency leases lost while their permit was alive |
 //! | `ratesync_releases_total` | counter | permits' concurrency slots given back |
@@ -44,10 +45,11 @@ use std::sync::Arc;
 
 /// The instrument names, as registered with OpenTelemetry (before the
 /// exporter adds `_total` to counters).
-pub const INSTRUMENTS: [&str; 12] = [
+pub const INSTRUMENTS: [&str; 13] = [
     "ratesync_acquisitions",
     "ratesync_timeouts",
     "ratesync_cas_failures",
+    "ratesync_coalesced",
     "ratesync_backend_errors",
     "ratesync_leases_lost",
     "ratesync_releases",
@@ -121,6 +123,12 @@ impl Registry {
             "ratesync_cas_failures",
             "Compare-and-set conflicts met by the engine",
             cas_failures
+        );
+        observed!(
+            u64_observable_counter,
+            "ratesync_coalesced",
+            "Rate requests decided in a round trip shared with others of the same key",
+            coalesced
         );
         observed!(
             u64_observable_counter,

@@ -1017,6 +1017,8 @@ mod coalescing {
         assert_eq!(granted, 10);
         let trips = store.rate_round_trips();
         assert!(trips <= 3, "40 requests took {trips} round trips");
+        // The 39 that queued behind the first were decided together.
+        assert!(api.metrics().coalesced >= 39, "{:?}", api.metrics());
     }
 
     /// Waiting requests coalesced with weighted ones: every caller gets its

@@ -90,6 +90,8 @@ struct Summary {
     errors: u64,
     backend_errors: u64,
     cas_failures: u64,
+    #[serde(default)]
+    coalesced: u64,
     latency_us: Vec<(u64, u64)>,
     overshoot_us: Vec<(u64, u64)>,
     bins_100ms: Vec<(u64, u64)>,
@@ -216,6 +218,8 @@ pub struct Report {
     pub backend_errors: u64,
     /// Compare-and-set conflicts the limiters counted.
     pub cas_failures: u64,
+    /// Rate requests decided in a round trip shared with others of their key.
+    pub coalesced: u64,
     /// Latency of each call (grant or refusal; `acquire` includes its wait), µs.
     pub latency_us: Option<Percentiles>,
     /// How long after its reserved slot each `acquire` returned, µs.
@@ -393,6 +397,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> Result<bool> {
     let (mut task_grants, mut process_grants) = (Vec::new(), Vec::new());
     let (mut started, mut ended) = (u64::MAX, 0u64);
     let (mut acquisitions, mut refusals, mut errors, mut backend_errors, mut cas) = (0, 0, 0, 0, 0);
+    let mut coalesced = 0;
     for (mut child, reader, out) in children {
         let status = child
             .wait()
@@ -415,6 +420,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> Result<bool> {
         errors += summary.errors;
         backend_errors += summary.backend_errors;
         cas += summary.cas_failures;
+        coalesced += summary.coalesced;
         histogram(&summary.latency_us, &mut latency)?;
         histogram(&summary.overshoot_us, &mut overshoot)?;
         task_grants.extend(&summary.task_grants);
@@ -481,6 +487,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> Result<bool> {
         errors,
         backend_errors,
         cas_failures: cas,
+        coalesced,
         latency_us: Percentiles::of(&latency),
         overshoot_us: match args.mode {
             Mode::Acquire => Percentiles::of(&overshoot),
@@ -725,6 +732,13 @@ fn print_table(r: &Report, out: Option<&Path>) {
         "  timeouts         {:>10}    errors {}  backend errors {}  CAS failures {}",
         r.timeouts, r.errors, r.backend_errors, r.cas_failures
     );
+    if r.coalesced > 0 {
+        println!(
+            "  coalesced        {:>10}  ({:.1}% of decisions shared a round trip)",
+            r.coalesced,
+            r.coalesced as f64 / (r.acquisitions + r.timeouts).max(1) as f64 * 100.0
+        );
+    }
     if let Some(p) = &r.latency_us {
         println!(
             "  latency µs       p50 {}  p90 {}  p99 {}  max {}",

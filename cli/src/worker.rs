@@ -374,7 +374,7 @@ pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
     written.map_err(|e| format!("writing grants: {e}"))?;
     let m = parent.metrics();
     eprintln!(
-        r#"{{"worker":{pid},"started_us":{started_us},"ended_us":{ended_us},"grants":{},"recorded":{},"refusals":{},"errors":{},"cas_exhausted":{},"backend_errors":{},"cas_failures":{},"latency_us":{},"overshoot_us":{},"bins_100ms":{},"task_grants":[{}]}}"#,
+        r#"{{"worker":{pid},"started_us":{started_us},"ended_us":{ended_us},"grants":{},"recorded":{},"refusals":{},"errors":{},"cas_exhausted":{},"backend_errors":{},"cas_failures":{},"coalesced":{},"latency_us":{},"overshoot_us":{},"bins_100ms":{},"task_grants":[{}]}}"#,
         total.granted,
         total.grants.len(),
         total.refusals,
@@ -382,6 +382,7 @@ pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
         total.cas_exhausted,
         m.backend_errors,
         m.cas_failures,
+        m.coalesced,
         histogram_json(&total.latency_us),
         histogram_json(&total.overshoot_us),
         bins_json(&total.bins),

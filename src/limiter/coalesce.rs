@@ -171,6 +171,9 @@ async fn decide(limiter: &Limiter, rate: &RateSpec, batch: Vec<Queued>) {
         })
         .collect();
     let engine = &limiter.shared.engine;
+    if batch.len() > 1 {
+        limiter.shared.metrics.record_coalesced(batch.len() as u64);
+    }
     let answers = engine.reserve_many(limiter.ctx(), rate, &requests).await;
     match answers {
         Ok(outcomes) if outcomes.len() == batch.len() => {

@@ -42,9 +42,21 @@ pub fn bucket_run(
     mode: &'static str,
     rate: f64,
     burst: u32,
-    (procs, tasks): (usize, usize),
+    procs_tasks: (usize, usize),
     secs: f64,
 ) -> BucketReport {
+    bucket_run_with_summaries(t, mode, rate, burst, procs_tasks, secs).0
+}
+
+/// [`bucket_run`], also answering the workers' one-line JSON summaries.
+pub fn bucket_run_with_summaries(
+    t: &Target,
+    mode: &'static str,
+    rate: f64,
+    burst: u32,
+    (procs, tasks): (usize, usize),
+    secs: f64,
+) -> (BucketReport, Vec<String>) {
     let dir = scratch("bucket");
     let config = write_config(
         &dir,
@@ -56,7 +68,11 @@ pub fn bucket_run(
     let mut opts = WorkerOpts::new("api", tasks, secs);
     opts.mode = mode;
     let workers = spawn_workers(&config, &dir, procs, &opts, start_soon());
-    let (grants, _) = collect(workers);
+    let (grants, lines) = collect(workers);
+    let summaries: Vec<String> = lines
+        .into_iter()
+        .filter(|l| l.starts_with("{\"worker\":"))
+        .collect();
     let r = check_bucket(&grants, rate, burst, secs);
     let late_max = check_use_times(&grants, rate, burst);
     let mut served: Vec<u64> = grants.iter().map(|g| g.worker).collect();
@@ -89,7 +105,7 @@ pub fn bucket_run(
         "over-admission at {rate}/s: {} grants above rate*t in some interval, burst is {burst}",
         r.max_over
     );
-    r
+    (r, summaries)
 }
 
 /// 4 processes x 16 tasks for 5 s on 200/s burst 10, waiting and not waiting.
@@ -110,12 +126,26 @@ pub fn token_bucket_four_processes(t: &Target) {
 /// `burst + rate*t`. How much of the limit is used is the benches' business
 /// (docs/scaling.md); a floor of 30% fails only a stalled engine.
 pub fn coalesced_hot_key_holds(t: &Target) {
-    let r = bucket_run(t, "try", 5000.0, 50, (3, 16), 3.0);
+    let (r, summaries) = bucket_run_with_summaries(t, "try", 5000.0, 50, (3, 16), 3.0);
     assert!(
         r.utilisation >= 0.3,
         "only {:.1}% of the limit was used",
         r.utilisation * 100.0
     );
+    // Sixteen tasks on one key: requests did share round trips.
+    let coalesced: u64 = summaries
+        .iter()
+        .map(|s| summary_count(s, "coalesced"))
+        .sum();
+    let decisions: u64 = summaries
+        .iter()
+        .map(|s| summary_count(s, "grants") + summary_count(s, "refusals"))
+        .sum();
+    println!(
+        "{}: {coalesced} of {decisions} decisions shared a round trip",
+        t.label
+    );
+    assert!(coalesced > 0, "no request was ever coalesced");
 }
 
 /// Each rate in turn: never above `burst + rate*t`, and, up to `exact_up_to`
