@@ -156,6 +156,17 @@ fn redis_cluster_holds_the_contract_and_the_limit() {
         .collect();
     URL.set(format!("redis+cluster://{}", seeds.join(",")))
         .expect("one cluster per run");
+    let described = describe();
+    assert!(
+        described.as_deref().is_ok_and(
+            |d| d.contains("(cluster), 3 masters with 1, 1, 1 replica(s) (replica_acks 1)")
+        ),
+        "{described:?}"
+    );
+    println!(
+        "redis cluster: check says {}",
+        described.unwrap_or_default()
+    );
     scenarios::contract(&CLUSTER);
     scenarios::token_bucket_four_processes(&CLUSTER);
     scenarios::coalesced_hot_key_holds(&CLUSTER);
@@ -213,6 +224,20 @@ fn a_killed_master_neither_over_admits_nor_stops(cluster: &mut Cluster) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let promoted_after = t0.elapsed();
+    // The old master failing, or the promoted one without a replica yet:
+    // `ratesync check` says so, whichever the node asked has heard of.
+    let described = describe();
+    assert!(
+        described
+            .as_ref()
+            .is_err_and(|e| e.contains("is failing")
+                || e.contains("0 live replica(s) but replica_acks = 1")),
+        "{described:?}"
+    );
+    println!(
+        "redis cluster: check during the failover says {}",
+        described.unwrap_err()
+    );
     // The killed node returns and rejoins as a replica of the new master.
     cluster.nodes.push((port, start_node(&cluster.dir, port)));
     let t1 = Instant::now();
@@ -246,6 +271,17 @@ fn a_killed_master_neither_over_admits_nor_stops(cluster: &mut Cluster) {
     );
     assert!(after > 0, "the workers never recovered after the failover");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the store says of itself (`ratesync check` prints it).
+fn describe() -> Result<String, String> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let reg = ratesync::Registry::from_toml_str(&store(&unique_prefix("describe")))
+            .await
+            .map_err(|e| e.to_string())?;
+        let engine = reg.store("s").expect("the store");
+        engine.describe().await.map_err(|e| e.to_string())
+    })
 }
 
 /// The port of the master serving `slot`, as node `port` sees it.

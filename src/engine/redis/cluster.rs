@@ -91,6 +91,46 @@ pub(super) fn seeds(url: &str) -> Result<Vec<String>, String> {
     Ok(seeds)
 }
 
+/// One master that serves slots, as `CLUSTER NODES` shows it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Master {
+    pub(super) addr: String,
+    /// Its replicas that are up.
+    pub(super) replicas: u32,
+    /// Marked failing: its slots have no master until a replica is promoted.
+    pub(super) failing: bool,
+}
+
+/// From `CLUSTER NODES`: each master that serves slots, with how many of
+/// its replicas are up.
+pub(super) fn masters(nodes: &str) -> Vec<Master> {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 8 && !f[2].contains("handshake"))
+        .collect();
+    let up = |f: &[&str]| !f[2].contains("fail");
+    lines
+        .iter()
+        .filter(|f| f[2].contains("master") && f.len() > 8)
+        .map(|m| Master {
+            addr: m[1].split('@').next().unwrap_or(m[1]).to_string(),
+            replicas: u32::try_from(
+                lines
+                    .iter()
+                    .filter(|f| {
+                        (f[2].contains("slave") || f[2].contains("replica"))
+                            && f[3] == m[0]
+                            && up(f)
+                    })
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
+            failing: !up(m),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +150,24 @@ mod tests {
             .unwrap_err()
             .contains("databases"));
         assert!(is_cluster("redis+cluster://a:1") && !is_cluster("redis://a:1"));
+    }
+
+    #[test]
+    fn replicas_are_counted_per_serving_master() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b1 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
+c1 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected 10923-16383
+r1 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+r2 127.0.0.1:7004@17004 slave,fail b1 0 0 2 disconnected
+e1 127.0.0.1:7005@17005 master - 0 0 0 connected
+";
+        assert_eq!(
+            replicas_per_master(nodes),
+            [
+                ("127.0.0.1:7000".to_string(), 1),
+                ("127.0.0.1:7001".to_string(), 0)
+            ]
+        );
     }
 }

@@ -235,6 +235,22 @@ impl RedisEngine {
             .await
     }
 
+    /// A command for any one node (a cluster's: one at random), as text.
+    async fn ask_any(&self, cmd: redis::Cmd) -> Result<String, BackendError> {
+        match self.conn.clone() {
+            Conn::One(mut c) => cmd.query_async(&mut c).await.map_err(backend),
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let value = c
+                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await
+                    .map_err(backend)?;
+                redis::from_redis_value(value)
+                    .map_err(|e| BackendError::new(ENGINE, format!("unexpected answer: {e}")))
+            }
+        }
+    }
+
     fn rate_key(&self, ctx: &Ctx<'_>) -> String {
         format!("{}:{{{}}}:r", self.prefix, ctx.key.encoded())
     }
@@ -456,20 +472,76 @@ impl Engine for RedisEngine {
         Ok(ConcurrencyState::from_wire(spec.max, now, holders, first))
     }
 
+    /// The server, its version and mode; with `replica_acks`, the replicas
+    /// each master has, failing when one has fewer (every decision on its
+    /// keys would fail).
     async fn describe(&self) -> Result<String, BackendError> {
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await
-            .map_err(backend)?;
+        let info = self
+            .ask_any(redis::cmd("INFO").arg("server").clone())
+            .await?;
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .map(|v| v.trim().to_string())
         };
+        let masters = if self.cluster {
+            let nodes = self
+                .ask_any(redis::cmd("CLUSTER").arg("NODES").clone())
+                .await?;
+            cluster::masters(&nodes)
+        } else if self.replica_acks > 0 {
+            let repl = self
+                .ask_any(redis::cmd("INFO").arg("replication").clone())
+                .await?;
+            let replicas = repl
+                .lines()
+                .find_map(|l| l.strip_prefix("connected_slaves:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            vec![cluster::Master {
+                addr: "the server".to_string(),
+                replicas,
+                failing: false,
+            }]
+        } else {
+            Vec::new()
+        };
+        if let Some(m) = masters.iter().find(|m| m.failing) {
+            return Err(BackendError::new(
+                ENGINE,
+                format!(
+                    "master {} is failing: its keys have no master until the cluster promotes a replica",
+                    m.addr
+                ),
+            ));
+        }
+        if let Some(m) = masters.iter().find(|m| m.replicas < self.replica_acks) {
+            return Err(BackendError::new(
+                ENGINE,
+                format!(
+                    "{} has {} live replica(s) but replica_acks = {}: every decision on its keys would fail; add a replica, or set replica_acks = 0 to answer without one",
+                    m.addr, m.replicas, self.replica_acks
+                ),
+            ));
+        }
+        let replicas = match masters.as_slice() {
+            [] => String::new(),
+            r => format!(
+                ", {} with {} replica(s) (replica_acks {})",
+                if self.cluster {
+                    format!("{} masters", r.len())
+                } else {
+                    "one server".to_string()
+                },
+                r.iter()
+                    .map(|m| m.replicas.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.replica_acks
+            ),
+        };
         Ok(format!(
-            "Redis {}{}, keys under `{}:`",
+            "Redis {}{}{replicas}, keys under `{}:`",
             field("redis_version:").unwrap_or_else(|| "(version unknown)".into()),
             field("redis_mode:")
                 .filter(|m| m != "standalone")
