@@ -162,11 +162,17 @@ r1 127.0.0.1:7003@17003 slave a1 0 0 1 connected
 r2 127.0.0.1:7004@17004 slave,fail b1 0 0 2 disconnected
 e1 127.0.0.1:7005@17005 master - 0 0 0 connected
 ";
+        let m = |addr: &str, replicas, failing| Master {
+            addr: addr.to_string(),
+            replicas,
+            failing,
+        };
         assert_eq!(
-            replicas_per_master(nodes),
+            masters(nodes),
             [
-                ("127.0.0.1:7000".to_string(), 1),
-                ("127.0.0.1:7001".to_string(), 0)
+                m("127.0.0.1:7000", 1, false),
+                m("127.0.0.1:7001", 0, false),
+                m("127.0.0.1:7002", 0, true)
             ]
         );
     }
