@@ -38,6 +38,18 @@ pub const DIGEST_PREFIX_LEN: usize = MAX_ENCODED_LEN - 2 - 64;
 pub struct StateKey {
     limiter: Arc<str>,
     encoded: Arc<str>,
+    /// `encoded` under this process's keyed SipHash (see [`StateKey::hash`]).
+    hash: u64,
+}
+
+/// This process's keyed SipHash, with a key drawn at random once: hashes of
+/// encoded keys that clients cannot aim collisions at.
+fn process_hash(encoded: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYED
+        .get_or_init(std::hash::RandomState::new)
+        .hash_one(encoded)
 }
 
 impl StateKey {
@@ -45,9 +57,11 @@ impl StateKey {
     pub fn new(limiter: &str) -> Self {
         let mut out = Bounded::new(limiter.len());
         out.push_part(limiter);
+        let encoded = out.finish();
         Self {
             limiter: limiter.into(),
-            encoded: out.finish().into(),
+            hash: process_hash(&encoded),
+            encoded: encoded.into(),
         }
     }
 
@@ -57,9 +71,11 @@ impl StateKey {
         out.push_safe(self.encoded.as_bytes());
         out.push_safe(b".");
         out.push_part(key);
+        let encoded = out.finish();
         Self {
             limiter: self.limiter.clone(),
-            encoded: out.finish().into(),
+            hash: process_hash(&encoded),
+            encoded: encoded.into(),
         }
     }
 
@@ -72,6 +88,14 @@ impl StateKey {
     /// most [`MAX_ENCODED_LEN`] bytes.
     pub fn encoded(&self) -> &str {
         &self.encoded
+    }
+
+    /// The encoded key's hash under a keyed SipHash whose key this process
+    /// drew at random, computed once when the key was made: the in-process
+    /// engine shards and looks keys up by it without hashing per decision,
+    /// and clients cannot choose keys that collide.
+    pub fn hash(&self) -> u64 {
+        self.hash
     }
 }
 

@@ -21,11 +21,11 @@ use crate::config::store::{SettingError, StoreConfig};
 use crate::quota::{ConcurrencySpec, RateCell, RateSpec};
 
 use crate::error::BackendError;
+use crate::key::StateKey;
 use crate::lease::{self, Lease};
 use crate::units::{from_nanos, nanos};
 use async_trait::async_trait;
 use hashbrown::HashTable;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ struct Item {
     entry: Entry,
 }
 
-/// A key and its hash under the engine's keyed SipHash (collision-resistant
+/// A key and its hash ([`StateKey::hash`]: keyed SipHash, collision-resistant
 /// for keys clients choose).
 #[derive(Clone, Copy)]
 struct Hashed<'a> {
@@ -72,7 +72,6 @@ struct Hashed<'a> {
 #[derive(Debug)]
 pub struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
     epoch: Instant,
     /// The wall clock at `epoch`, in Unix microseconds: slot times are
     /// reported on it, as the network engines report their server's.
@@ -98,7 +97,6 @@ impl MemoryEngine {
                     })
                 })
                 .collect(),
-            hasher: RandomState::new(),
             epoch: Instant::now(),
             epoch_unix_us: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -117,10 +115,10 @@ impl MemoryEngine {
         self.epoch_unix_us.saturating_add(ns / 1000)
     }
 
-    fn hashed<'a>(&self, key: &'a str) -> Hashed<'a> {
+    fn hashed<'a>(&self, key: &'a StateKey) -> Hashed<'a> {
         Hashed {
-            key,
-            hash: self.hasher.hash_one(key),
+            key: key.encoded(),
+            hash: key.hash(),
         }
     }
 
@@ -141,7 +139,7 @@ impl MemoryEngine {
     /// One rate decision on `ctx.key`, in this process (see [`Engine::reserve_n`]).
     fn decide(&self, ctx: Ctx<'_>, rate: &RateSpec, cost: u32, max_wait: Duration) -> Reservation {
         let now = self.now();
-        let k = self.hashed(ctx.key.encoded());
+        let k = self.hashed(ctx.key);
         let out = self.shard(k).with_entry(k, now, |entry| {
             let out = rate.measure_and_replace(&mut entry.rate, now, cost, nanos(max_wait), true);
             entry.refresh_idle(Some(rate), now);
@@ -280,7 +278,7 @@ impl Engine for MemoryEngine {
         // Lock every shard involved, in index order so two batches cannot deadlock.
         let mut indices: Vec<usize> = items
             .iter()
-            .map(|(c, _)| Self::shard_index(self.hashed(c.key.encoded())))
+            .map(|(c, _)| Self::shard_index(self.hashed(c.key)))
             .collect();
         indices.sort_unstable();
         indices.dedup();
@@ -304,7 +302,7 @@ impl Engine for MemoryEngine {
         };
         // First decide every item without storing, then store all or nothing.
         for (index, (ctx, rate)) in items.iter().enumerate() {
-            let k = self.hashed(ctx.key.encoded());
+            let k = self.hashed(ctx.key);
             let pos = shard_of(&mut guards, k);
             let entry = guards[pos].1.entry(k, now);
             if let Err(retry) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
@@ -318,7 +316,7 @@ impl Engine for MemoryEngine {
         // every key is charged at the latest slot, when the caller proceeds.
         let mut wait = 0;
         for (ctx, rate) in items {
-            let k = self.hashed(ctx.key.encoded());
+            let k = self.hashed(ctx.key);
             let pos = shard_of(&mut guards, k);
             let entry = guards[pos].1.entry(k, now);
             if let Ok(w) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
@@ -326,7 +324,7 @@ impl Engine for MemoryEngine {
             }
         }
         for (ctx, rate) in items {
-            let k = self.hashed(ctx.key.encoded());
+            let k = self.hashed(ctx.key);
             let pos = shard_of(&mut guards, k);
             let entry = guards[pos].1.entry(k, now);
             rate.record_at(&mut entry.rate, now, now + wait);
@@ -339,7 +337,7 @@ impl Engine for MemoryEngine {
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key.encoded());
+        let k = self.hashed(ctx.key);
         let shard = self.shard(k);
         let empty = RateCell::default();
         let cell = shard.get(k).map_or(&empty, |e| &e.rate);
@@ -353,7 +351,7 @@ impl Engine for MemoryEngine {
         spec: &ConcurrencySpec,
     ) -> Result<LeaseOutcome, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key.encoded());
+        let k = self.hashed(ctx.key);
         let mut shard = self.shard(k);
         let entry = shard.entry(k, now);
         let out = lease::acquire(
@@ -379,7 +377,7 @@ impl Engine for MemoryEngine {
         lease: Duration,
     ) -> Result<bool, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key.encoded());
+        let k = self.hashed(ctx.key);
         let mut shard = self.shard(k);
         let Some(entry) = shard.get_mut(k) else {
             return Ok(false);
@@ -396,7 +394,7 @@ impl Engine for MemoryEngine {
     fn release_lease_now(&self, ctx: Ctx<'_>, holder: &HolderId) -> Option<bool> {
         let now = self.now();
         let released = {
-            let k = self.hashed(ctx.key.encoded());
+            let k = self.hashed(ctx.key);
             let mut shard = self.shard(k);
             let entry = shard.entry(k, now);
             let released = lease::release(&mut entry.leases, holder.as_str(), now);
@@ -415,7 +413,7 @@ impl Engine for MemoryEngine {
         spec: &ConcurrencySpec,
     ) -> Result<ConcurrencyState, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key.encoded());
+        let k = self.hashed(ctx.key);
         let shard = self.shard(k);
         let live = shard
             .get(k)
@@ -438,7 +436,7 @@ impl Engine for MemoryEngine {
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
-        let k = self.hashed(ctx.key.encoded());
+        let k = self.hashed(ctx.key);
         let removed = self.shard(k).remove(k);
         self.releases.notify(ctx.key.encoded());
         Ok(u64::from(removed.is_some()))
@@ -464,7 +462,6 @@ pub(crate) fn check_settings(store: &StoreConfig) -> Result<(), SettingError> {
 mod tests {
     use super::*;
     use crate::gcra::Gcra;
-    use crate::key::StateKey;
     use crate::metrics::Metrics;
 
     #[tokio::test(start_paused = true)]
