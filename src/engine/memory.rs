@@ -236,10 +236,6 @@ impl Engine for MemoryEngine {
         "memory"
     }
 
-    fn in_process(&self) -> bool {
-        true
-    }
-
     async fn reserve_n(
         &self,
         ctx: Ctx<'_>,

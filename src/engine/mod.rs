@@ -248,14 +248,6 @@ pub trait Engine: Send + Sync + Debug + 'static {
         max_wait: Duration,
     ) -> Result<Reservation, BackendError>;
 
-    /// Whether this engine decides in this process, in well under the
-    /// microsecond the metrics count waits in: the limiter then takes one
-    /// clock reading fewer for a grant that did not wait (a clock reading
-    /// is a measurable share of an in-process decision).
-    fn in_process(&self) -> bool {
-        false
-    }
-
     /// Whether the limiter should coalesce this process's concurrent
     /// reservations of one key into one [`reserve_many`](Self::reserve_many)
     /// call: true where a round trip costs far more than the decision
@@ -286,7 +278,10 @@ pub trait Engine: Send + Sync + Debug + 'static {
     /// [`reserve_n`](Self::reserve_n) without awaiting, where the engine
     /// decides in this process (the memory engine); `None` asks the caller
     /// to await `reserve_n` instead. Saves the boxed future of an async
-    /// trait call, a measurable share of an in-process decision.
+    /// trait call, a measurable share of an in-process decision; and since
+    /// such an answer takes well under the microsecond the metrics count
+    /// waits in, the limiter takes one clock reading fewer for a grant it
+    /// gave without waiting.
     fn reserve_n_now(
         &self,
         _ctx: Ctx<'_>,

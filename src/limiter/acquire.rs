@@ -134,12 +134,21 @@ impl Limiter {
         let mut slot = None;
         let mut overshoot = Duration::ZERO;
         let mut slept = false;
+        // Answered by the engine in this process, without awaiting it.
+        let mut decided_here = false;
         if let Some(rate) = &spec.rate {
-            let horizon = self.shared.engine.reservation_horizon(rate);
+            let engine = &self.shared.engine;
+            let horizon = engine.reservation_horizon(rate);
             let answer = loop {
                 let remaining = wait.remaining().unwrap_or(Duration::MAX);
                 let max_wait = horizon.map_or(remaining, |h| remaining.min(h));
-                let answer = self.reserve(rate, cost, max_wait).await;
+                let answer = match engine.reserve_n_now(self.ctx(), rate, cost, max_wait) {
+                    Some(answer) => {
+                        decided_here = true;
+                        Ok(answer)
+                    }
+                    None => self.reserve(rate, cost, max_wait).await,
+                };
                 match (answer, horizon) {
                     // Refused by the store's horizon, not by the caller's
                     // bound: sleep until the slot comes within it, unreserved.
@@ -147,6 +156,7 @@ impl Limiter {
                         if retry_after <= remaining && retry_after > h =>
                     {
                         tokio::time::sleep((retry_after - h).max(Duration::from_millis(1))).await;
+                        slept = true;
                     }
                     (answer, _) => break answer,
                 }
@@ -180,7 +190,7 @@ impl Limiter {
         }
         // Decided in this process, with no wait for a slot or a sleep:
         // nothing measurable passed since `start`.
-        let instant = !slept && spec.concurrency.is_none() && self.shared.engine.in_process();
+        let instant = decided_here && !slept && spec.concurrency.is_none();
         let mut permit = if instant {
             self.grant_at(lease, Duration::ZERO, start)
         } else {

@@ -208,9 +208,6 @@ impl Limiter {
     /// asks for it (see the module docs).
     pub(crate) async fn reserve(&self, rate: &RateSpec, cost: u32, max_wait: Duration) -> Answer {
         let engine = &self.shared.engine;
-        if let Some(answer) = engine.reserve_n_now(self.ctx(), rate, cost, max_wait) {
-            return Ok(answer);
-        }
         if !engine.coalesces() {
             return engine.reserve_n(self.ctx(), rate, cost, max_wait).await;
         }

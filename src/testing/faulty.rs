@@ -154,11 +154,6 @@ impl Engine for FaultyStore {
         self.answer_reserve(answer).await
     }
 
-    fn in_process(&self) -> bool {
-        // Answers may be delayed on purpose: measure them.
-        false
-    }
-
     fn coalesces(&self) -> bool {
         self.coalescing.load(Ordering::SeqCst) || self.inner.coalesces()
     }
