@@ -60,14 +60,6 @@ struct Item {
     entry: Entry,
 }
 
-/// A key and its hash ([`StateKey::hash`]: keyed SipHash, collision-resistant
-/// for keys clients choose).
-#[derive(Clone, Copy)]
-struct Hashed<'a> {
-    key: &'a str,
-    hash: u64,
-}
-
 /// The in-memory engine (see the module docs).
 #[derive(Debug)]
 pub struct MemoryEngine {
@@ -115,20 +107,14 @@ impl MemoryEngine {
         self.epoch_unix_us.saturating_add(ns / 1000)
     }
 
-    fn hashed<'a>(&self, key: &'a StateKey) -> Hashed<'a> {
-        Hashed {
-            key: key.encoded(),
-            hash: key.hash(),
-        }
+    /// The shard of a key: bits 32..38 of its hash ([`StateKey::hash`],
+    /// keyed SipHash), which the shard's table uses neither for its buckets
+    /// (the low bits) nor for its tags (the top 7).
+    fn shard_index(k: &StateKey) -> usize {
+        ((k.hash() >> 32) as usize) % SHARDS
     }
 
-    /// The shard of a key: bits 32..38 of its hash, which the shard's table
-    /// does not use for its buckets (the low bits) nor its tags (the top 7).
-    fn shard_index(k: Hashed<'_>) -> usize {
-        ((k.hash >> 32) as usize) % SHARDS
-    }
-
-    fn shard(&self, k: Hashed<'_>) -> MutexGuard<'_, Shard> {
+    fn shard(&self, k: &StateKey) -> MutexGuard<'_, Shard> {
         // A panic while holding a shard cannot leave an entry half-written
         // (every update is a plain store), so a poisoned lock is still sound.
         self.shards[Self::shard_index(k)]
@@ -139,12 +125,13 @@ impl MemoryEngine {
     /// One rate decision on `ctx.key`, in this process (see [`Engine::reserve_n`]).
     fn decide(&self, ctx: Ctx<'_>, rate: &RateSpec, cost: u32, max_wait: Duration) -> Reservation {
         let now = self.now();
-        let k = self.hashed(ctx.key);
-        let out = self.shard(k).with_entry(k, now, |entry| {
+        let out = {
+            let mut shard = self.shard(ctx.key);
+            let entry = shard.entry(ctx.key, now);
             let out = rate.measure_and_replace(&mut entry.rate, now, cost, nanos(max_wait), true);
             entry.refresh_idle(Some(rate), now);
             out
-        });
+        };
         match out {
             Ok(wait) => Reservation::Granted {
                 wait: from_nanos(wait),
@@ -181,39 +168,37 @@ impl MemoryEngine {
 }
 
 impl Shard {
-    /// Runs `f` on `k`'s entry, made if absent.
-    fn with_entry<R>(&mut self, k: Hashed<'_>, now: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
-        f(self.entry(k, now))
-    }
-
-    fn get(&self, k: Hashed<'_>) -> Option<&Entry> {
+    fn get(&self, k: &StateKey) -> Option<&Entry> {
         self.map
-            .find(k.hash, |i| &*i.key == k.key)
+            .find(k.hash(), |i| &*i.key == k.encoded())
             .map(|i| &i.entry)
     }
 
-    fn get_mut(&mut self, k: Hashed<'_>) -> Option<&mut Entry> {
+    fn get_mut(&mut self, k: &StateKey) -> Option<&mut Entry> {
         self.map
-            .find_mut(k.hash, |i| &*i.key == k.key)
+            .find_mut(k.hash(), |i| &*i.key == k.encoded())
             .map(|i| &mut i.entry)
     }
 
-    fn remove(&mut self, k: Hashed<'_>) -> Option<Entry> {
-        let found = self.map.find_entry(k.hash, |i| &*i.key == k.key).ok()?;
+    fn remove(&mut self, k: &StateKey) -> Option<Entry> {
+        let found = self
+            .map
+            .find_entry(k.hash(), |i| &*i.key == k.encoded())
+            .ok()?;
         Some(found.remove().0.entry)
     }
 
-    fn entry(&mut self, k: Hashed<'_>, now: u64) -> &mut Entry {
+    fn entry(&mut self, k: &StateKey, now: u64) -> &mut Entry {
         if self.map.len() >= self.sweep_at && self.get(k).is_none() {
             self.map.retain(|i| i.entry.idle_at > now);
             self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP_LEN);
         }
         let item = self
             .map
-            .entry(k.hash, |i| &*i.key == k.key, |i| i.hash)
+            .entry(k.hash(), |i| &*i.key == k.encoded(), |i| i.hash)
             .or_insert_with(|| Item {
-                hash: k.hash,
-                key: k.key.into(),
+                hash: k.hash(),
+                key: k.encoded().into(),
                 entry: Entry::default(),
             });
         &mut item.into_mut().entry
@@ -274,7 +259,7 @@ impl Engine for MemoryEngine {
         // Lock every shard involved, in index order so two batches cannot deadlock.
         let mut indices: Vec<usize> = items
             .iter()
-            .map(|(c, _)| Self::shard_index(self.hashed(c.key)))
+            .map(|(c, _)| Self::shard_index(c.key))
             .collect();
         indices.sort_unstable();
         indices.dedup();
@@ -289,7 +274,7 @@ impl Engine for MemoryEngine {
                 )
             })
             .collect();
-        let shard_of = |guards: &mut [(usize, MutexGuard<'_, Shard>)], k: Hashed<'_>| -> usize {
+        let shard_of = |guards: &mut [(usize, MutexGuard<'_, Shard>)], k: &StateKey| -> usize {
             let i = Self::shard_index(k);
             guards
                 .iter()
@@ -298,9 +283,8 @@ impl Engine for MemoryEngine {
         };
         // First decide every item without storing, then store all or nothing.
         for (index, (ctx, rate)) in items.iter().enumerate() {
-            let k = self.hashed(ctx.key);
-            let pos = shard_of(&mut guards, k);
-            let entry = guards[pos].1.entry(k, now);
+            let pos = shard_of(&mut guards, ctx.key);
+            let entry = guards[pos].1.entry(ctx.key, now);
             if let Err(retry) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
                 return Ok(BatchReservation::Denied {
                     index,
@@ -312,17 +296,15 @@ impl Engine for MemoryEngine {
         // every key is charged at the latest slot, when the caller proceeds.
         let mut wait = 0;
         for (ctx, rate) in items {
-            let k = self.hashed(ctx.key);
-            let pos = shard_of(&mut guards, k);
-            let entry = guards[pos].1.entry(k, now);
+            let pos = shard_of(&mut guards, ctx.key);
+            let entry = guards[pos].1.entry(ctx.key, now);
             if let Ok(w) = rate.measure_and_replace(&mut entry.rate, now, 1, max_wait, false) {
                 wait = wait.max(w);
             }
         }
         for (ctx, rate) in items {
-            let k = self.hashed(ctx.key);
-            let pos = shard_of(&mut guards, k);
-            let entry = guards[pos].1.entry(k, now);
+            let pos = shard_of(&mut guards, ctx.key);
+            let entry = guards[pos].1.entry(ctx.key, now);
             rate.record_at(&mut entry.rate, now, now + wait);
             entry.refresh_idle(Some(rate), now);
         }
@@ -333,10 +315,9 @@ impl Engine for MemoryEngine {
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key);
-        let shard = self.shard(k);
+        let shard = self.shard(ctx.key);
         let empty = RateCell::default();
-        let cell = shard.get(k).map_or(&empty, |e| &e.rate);
+        let cell = shard.get(ctx.key).map_or(&empty, |e| &e.rate);
         Ok(RateState::of_cell(rate, cell, now))
     }
 
@@ -347,9 +328,8 @@ impl Engine for MemoryEngine {
         spec: &ConcurrencySpec,
     ) -> Result<LeaseOutcome, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key);
-        let mut shard = self.shard(k);
-        let entry = shard.entry(k, now);
+        let mut shard = self.shard(ctx.key);
+        let entry = shard.entry(ctx.key, now);
         let out = lease::acquire(
             &mut entry.leases,
             holder.as_str(),
@@ -373,9 +353,8 @@ impl Engine for MemoryEngine {
         lease: Duration,
     ) -> Result<bool, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key);
-        let mut shard = self.shard(k);
-        let Some(entry) = shard.get_mut(k) else {
+        let mut shard = self.shard(ctx.key);
+        let Some(entry) = shard.get_mut(ctx.key) else {
             return Ok(false);
         };
         let kept = lease::renew(&mut entry.leases, holder.as_str(), now, nanos(lease));
@@ -390,9 +369,8 @@ impl Engine for MemoryEngine {
     fn release_lease_now(&self, ctx: Ctx<'_>, holder: &HolderId) -> Option<bool> {
         let now = self.now();
         let released = {
-            let k = self.hashed(ctx.key);
-            let mut shard = self.shard(k);
-            let entry = shard.entry(k, now);
+            let mut shard = self.shard(ctx.key);
+            let entry = shard.entry(ctx.key, now);
             let released = lease::release(&mut entry.leases, holder.as_str(), now);
             entry.refresh_idle(None, now);
             released
@@ -409,10 +387,9 @@ impl Engine for MemoryEngine {
         spec: &ConcurrencySpec,
     ) -> Result<ConcurrencyState, BackendError> {
         let now = self.now();
-        let k = self.hashed(ctx.key);
-        let shard = self.shard(k);
+        let shard = self.shard(ctx.key);
         let live = shard
-            .get(k)
+            .get(ctx.key)
             .map(|e| {
                 lease::holders(&e.leases)
                     .filter(|l| l.expires_at > now)
@@ -432,8 +409,7 @@ impl Engine for MemoryEngine {
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
-        let k = self.hashed(ctx.key);
-        let removed = self.shard(k).remove(k);
+        let removed = self.shard(ctx.key).remove(ctx.key);
         self.releases.notify(ctx.key.encoded());
         Ok(u64::from(removed.is_some()))
     }
