@@ -132,15 +132,7 @@ impl MemoryEngine {
             entry.refresh_idle(Some(rate), now);
             out
         };
-        match out {
-            Ok(wait) => Reservation::Granted {
-                wait: from_nanos(wait),
-                slot_unix_us: Some(self.unix_us_at(now + wait)),
-            },
-            Err(retry) => Reservation::Denied {
-                retry_after: from_nanos(retry),
-            },
-        }
+        Reservation::of_decision(out, |wait| self.unix_us_at(now + wait))
     }
 
     /// Keys currently held (idle ones may linger until their shard is swept).

@@ -105,6 +105,24 @@ pub(crate) fn max_wait_arg(d: Duration) -> i64 {
 }
 
 impl Reservation {
+    /// The answer of a decision made in Rust
+    /// ([`RateSpec::measure_and_replace`]): `Ok(wait_ns)`, a slot that far
+    /// ahead starting at `slot_unix_us(wait_ns)`, or `Err(retry_after_ns)`.
+    pub(crate) fn of_decision(
+        out: Result<u64, u64>,
+        slot_unix_us: impl FnOnce(u64) -> u64,
+    ) -> Self {
+        match out {
+            Ok(wait_ns) => Reservation::Granted {
+                wait: Duration::from_nanos(wait_ns),
+                slot_unix_us: Some(slot_unix_us(wait_ns)),
+            },
+            Err(retry_ns) => Reservation::Denied {
+                retry_after: Duration::from_nanos(retry_ns),
+            },
+        }
+    }
+
     /// Decodes what the reserve script and function answer: whether a slot
     /// was reserved, microseconds until it (or, refused, until the earliest
     /// one), and the slot's start in Unix microseconds.

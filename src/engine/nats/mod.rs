@@ -431,30 +431,13 @@ impl Engine for NatsEngine {
         cost: u32,
         max_wait: Duration,
     ) -> Result<Reservation, BackendError> {
-        let key = self.key("r", &ctx);
-        // Never beyond the horizon, whoever calls (the limiter already
-        // keeps to it; this guards direct callers of the engine).
-        let max_wait = nanos(max_wait.min(self.reservation_horizon(rate).unwrap_or(max_wait)));
-        let rate = *rate;
-        self.decide(&ctx, &key, move |state, now| {
-            let mut cell = state.into_cell();
-            let outcome = rate
-                .measure_and_replace(&mut cell, now, cost, max_wait, true)
-                .map(|wait_ns| (wait_ns, State::of_cell(&rate, cell)));
-            match outcome {
-                Ok((wait_ns, new)) => Step::Write(
-                    new,
-                    Reservation::Granted {
-                        wait: Duration::from_nanos(wait_ns),
-                        slot_unix_us: Some((now + wait_ns) / 1000),
-                    },
-                ),
-                Err(retry) => Step::Keep(Reservation::Denied {
-                    retry_after: Duration::from_nanos(retry),
-                }),
-            }
-        })
-        .await
+        // A batch of one: the same compare-and-set, decided the same way.
+        let mut answers = self
+            .reserve_many(ctx, rate, &[RateRequest { cost, max_wait }])
+            .await?;
+        answers
+            .pop()
+            .ok_or_else(|| backend("no answer to a request of one"))
     }
 
     fn coalesces(&self) -> bool {
@@ -471,6 +454,8 @@ impl Engine for NatsEngine {
         requests: &[RateRequest],
     ) -> Result<Vec<Reservation>, BackendError> {
         let key = self.key("r", &ctx);
+        // Never beyond the horizon, whoever calls (the limiter already
+        // keeps to it; this guards direct callers of the engine).
         let horizon = self.reservation_horizon(rate);
         let bounds: Vec<(u32, u64)> = requests
             .iter()
@@ -483,18 +468,9 @@ impl Engine for NatsEngine {
             let outcomes = bounds
                 .iter()
                 .map(|&(cost, max_wait)| {
-                    match rate.measure_and_replace(&mut cell, now, cost, max_wait, true) {
-                        Ok(wait_ns) => {
-                            granted_any = true;
-                            Reservation::Granted {
-                                wait: Duration::from_nanos(wait_ns),
-                                slot_unix_us: Some((now + wait_ns) / 1000),
-                            }
-                        }
-                        Err(retry) => Reservation::Denied {
-                            retry_after: Duration::from_nanos(retry),
-                        },
-                    }
+                    let out = rate.measure_and_replace(&mut cell, now, cost, max_wait, true);
+                    granted_any |= out.is_ok();
+                    Reservation::of_decision(out, |wait_ns| (now + wait_ns) / 1000)
                 })
                 .collect();
             if granted_any {
