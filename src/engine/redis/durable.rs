@@ -1,4 +1,5 @@
-//! Script calls whose writes must survive a failover: answered only once
+//! Every script call of the engine: an `EVALSHA` that loads the script on
+//! `NOSCRIPT`, answered, for writes that must survive a failover, only once
 //! `replica_acks` replicas have them.
 //!
 //! Redis replicates asynchronously. A master that dies after answering a

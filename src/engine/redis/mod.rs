@@ -3,7 +3,9 @@
 //! The scripts live in `engines/redis/` and read the server's clock with
 //! `TIME`, so host clocks play no part in a decision (docs/design.md, Promises: 5). Each
 //! script is `lib.lua` followed by its own body, because Redis has no script
-//! includes. [`redis::Script`] sends EVALSHA and loads the script on NOSCRIPT.
+//! includes. Every call is an EVALSHA that loads the script on NOSCRIPT
+//! (`durable.rs`), followed, for writes a grant depends on, by a `WAIT`
+//! for `replica_acks` replicas in the same pipeline.
 //!
 //! Commands go through one [`ConnectionManager`]: a multiplexed connection
 //! that many tasks share (calls are pipelined, not queued behind each other)
@@ -24,6 +26,9 @@
 //! rounded *up* to a whole microsecond (admitting slightly less, never more):
 //! at 10,000/s it is exact; at 7,000/s the admitted rate is 6,993/s.
 
+mod cluster;
+mod durable;
+
 use super::{max_wait_arg, script_args, RateArgs};
 use super::{
     BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening,
@@ -38,12 +43,9 @@ use crate::units::micros;
 
 use crate::error::{BackendError, Error};
 use async_trait::async_trait;
-use futures_util::StreamExt;
-mod cluster;
-mod durable;
-
 use cluster::Conn;
 use durable::Call;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::Script;
@@ -235,6 +237,12 @@ impl RedisEngine {
             .await
     }
 
+    /// Runs a call that reads, or writes what a failover may forget safely.
+    async fn run<T: redis::FromRedisValue>(&self, call: Call<'_>) -> Result<T, BackendError> {
+        let mut conn = self.conn.clone();
+        call.run(&mut conn, 0, self.timeout / 2).await
+    }
+
     /// A command for any one node (a cluster's: one at random), as text.
     async fn ask_any(&self, cmd: redis::Cmd) -> Result<String, BackendError> {
         match self.conn.clone() {
@@ -387,15 +395,13 @@ impl Engine for RedisEngine {
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
-        let mut conn = self.conn.clone();
         let r: Vec<i64> = self
-            .scripts
-            .rate_state
-            .key(self.rate_key(&ctx))
-            .arg(RateArgs::of(rate).kind())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .run(
+                Call::new(&self.scripts.rate_state)
+                    .key(self.rate_key(&ctx))
+                    .arg(RateArgs::of(rate).kind()),
+            )
+            .await?;
         let (&now, rest) = r
             .split_first()
             .ok_or_else(|| BackendError::new("redis", "empty reply to rate_state"))?;
@@ -441,18 +447,18 @@ impl Engine for RedisEngine {
     }
 
     async fn release_lease(&self, ctx: Ctx<'_>, holder: &HolderId) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
+        // A release a failover forgets leaves the slot held until its lease
+        // ends: it admits less, never more, so it does not wait for replicas.
         let removed: i64 = self
-            .scripts
-            .lease_release
-            .key(self.lease_key(&ctx))
-            .key(self.fence_key(&ctx))
-            .arg(holder.as_str())
-            .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded()))
-            .arg(crate::lease::FENCE_NS / 1000)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .run(
+                Call::new(&self.scripts.lease_release)
+                    .key(self.lease_key(&ctx))
+                    .key(self.fence_key(&ctx))
+                    .arg(holder.as_str())
+                    .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded()))
+                    .arg(crate::lease::FENCE_NS / 1000),
+            )
+            .await?;
         Ok(removed == 1)
     }
 
@@ -461,14 +467,9 @@ impl Engine for RedisEngine {
         ctx: Ctx<'_>,
         spec: &ConcurrencySpec,
     ) -> Result<ConcurrencyState, BackendError> {
-        let mut conn = self.conn.clone();
         let (now, holders, first): (i64, i64, i64) = self
-            .scripts
-            .lease_state
-            .key(self.lease_key(&ctx))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .run(Call::new(&self.scripts.lease_state).key(self.lease_key(&ctx)))
+            .await?;
         Ok(ConcurrencyState::from_wire(spec.max, now, holders, first))
     }
 
@@ -552,16 +553,14 @@ impl Engine for RedisEngine {
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
-        let mut conn = self.conn.clone();
         let n: i64 = self
-            .scripts
-            .reset
-            .key(self.rate_key(&ctx))
-            .key(self.lease_key(&ctx))
-            .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded()))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .run(
+                Call::new(&self.scripts.reset)
+                    .key(self.rate_key(&ctx))
+                    .key(self.lease_key(&ctx))
+                    .arg(format!("{}{}", self.channel_prefix(), ctx.key.encoded())),
+            )
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
