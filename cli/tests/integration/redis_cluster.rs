@@ -225,8 +225,18 @@ fn a_killed_master_neither_over_admits_nor_stops(cluster: &mut Cluster) {
     }
     let promoted_after = t0.elapsed();
     // The old master failing, or the promoted one without a replica yet:
-    // `ratesync check` says so, whichever the node asked has heard of.
-    let described = describe();
+    // `ratesync check` says so, whichever the node asked has heard of. It
+    // asks one node, whose view may lag the failover by gossip (seen: "3
+    // masters with 1, 1, 1 replicas" just after the promotion), so ask
+    // again for a few seconds.
+    let t2 = Instant::now();
+    let described = loop {
+        let d = describe();
+        if d.is_err() || t2.elapsed() > Duration::from_secs(5) {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         described
             .as_ref()
