@@ -174,24 +174,27 @@ async fn decide(limiter: &Limiter, rate: &RateSpec, batch: Vec<Queued>) {
     if batch.len() > 1 {
         limiter.shared.metrics.record_coalesced(batch.len() as u64);
     }
-    let answers = engine.reserve_many(limiter.ctx(), rate, &requests).await;
+    let answers = engine
+        .reserve_many(limiter.ctx(), rate, &requests)
+        .await
+        .and_then(|outcomes| {
+            if outcomes.len() == batch.len() {
+                Ok(outcomes)
+            } else {
+                Err(BackendError::new(
+                    engine.kind(),
+                    format!(
+                        "answered {} of {} coalesced requests (an engine bug; please report it)",
+                        outcomes.len(),
+                        batch.len()
+                    ),
+                ))
+            }
+        });
     match answers {
-        Ok(outcomes) if outcomes.len() == batch.len() => {
+        Ok(outcomes) => {
             for (q, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = q.answer.send(Ok(outcome));
-            }
-        }
-        Ok(outcomes) => {
-            let e = BackendError::new(
-                engine.kind(),
-                format!(
-                    "answered {} of {} coalesced requests (an engine bug; please report it)",
-                    outcomes.len(),
-                    batch.len()
-                ),
-            );
-            for q in batch {
-                let _ = q.answer.send(Err(e.clone()));
             }
         }
         Err(e) => {

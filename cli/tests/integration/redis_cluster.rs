@@ -261,7 +261,7 @@ fn a_killed_master_neither_over_admits_nor_stops(cluster: &mut Cluster) {
     let run_end = grants.iter().map(|g| g.slot_us).max().unwrap_or(synced_at);
     let errors: u64 = summaries
         .iter()
-        .filter(|l| l.starts_with("{\"worker\":"))
+        .filter(|l| is_summary(l))
         .map(|s| summary_count(s, "errors"))
         .sum();
     println!(

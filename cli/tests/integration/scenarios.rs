@@ -69,10 +69,7 @@ pub fn bucket_run_with_summaries(
     opts.mode = mode;
     let workers = spawn_workers(&config, &dir, procs, &opts, start_soon());
     let (grants, lines) = collect(workers);
-    let summaries: Vec<String> = lines
-        .into_iter()
-        .filter(|l| l.starts_with("{\"worker\":"))
-        .collect();
+    let summaries: Vec<String> = lines.into_iter().filter(|l| is_summary(l)).collect();
     let r = check_bucket(&grants, rate, burst, secs);
     let late_max = check_use_times(&grants, rate, burst);
     let mut served: Vec<u64> = grants.iter().map(|g| g.worker).collect();

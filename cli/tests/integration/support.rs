@@ -251,6 +251,11 @@ pub fn collect_through_outage(workers: Vec<Worker>) -> (Vec<Grant>, Vec<String>)
     collect_from(workers, false, false)
 }
 
+/// Whether a line of a worker's stderr is its one-line JSON summary.
+pub fn is_summary(line: &str) -> bool {
+    line.starts_with("{\"worker\":")
+}
+
 /// A count from a worker's one-line JSON summary.
 pub fn summary_count(summary: &str, name: &str) -> u64 {
     field(summary, name).unwrap_or_else(|| panic!("no `{name}` in the summary {summary}")) as u64
@@ -320,7 +325,7 @@ fn collect_from(
             let summary = lines
                 .iter()
                 .rev()
-                .find(|l| l.starts_with("{\"worker\":"))
+                .find(|l| is_summary(l))
                 .unwrap_or_else(|| {
                     panic!(
                         "no summary from a worker; its stderr:\n{}",
