@@ -351,5 +351,5 @@ pub(crate) fn check_lease(
 /// per process in flight), and a process that keeps winning on its cached
 /// revision can shut the others out for a while: at 25,000/s on one key from
 /// 3 processes × 16 tasks, 16 in a row happened 355 times in 10 s, 64 never
-/// (two runs, `docs/scaling.md`).
+/// (four runs, `docs/scaling.md`).
 pub const DEFAULT_MAX_CAS_RETRIES: u32 = 64;
