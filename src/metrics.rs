@@ -144,6 +144,18 @@ impl Metrics {
     /// Counts a granted permit that waited `wait` and was granted at `at`
     /// (a clock reading the caller took anyway).
     pub fn record_acquisition_at(&self, wait: Duration, at: std::time::Instant) {
+        let since = u64::try_from(at.saturating_duration_since(self.epoch.at).as_millis())
+            .unwrap_or(u64::MAX);
+        self.record_acquisition_at_unix_ms(wait, self.epoch.unix_ms.saturating_add(since));
+    }
+
+    /// Counts a permit granted without any wait at `at_ms` (Unix ms), a
+    /// time the caller has from its engine's clock reading.
+    pub fn record_instant_grant(&self, at_ms: u64) {
+        self.record_acquisition_at_unix_ms(Duration::ZERO, at_ms);
+    }
+
+    fn record_acquisition_at_unix_ms(&self, wait: Duration, at_ms: u64) {
         // Read-modify-writes only where something changes: on an in-process
         // grant each locked instruction is a measurable share of the call
         // (six of them were ~11% of a memory-engine try_acquire in `perf`).
@@ -164,9 +176,6 @@ impl Metrics {
         if let Some(observe) = self.observer.0.get() {
             observe(ms);
         }
-        let since = u64::try_from(at.saturating_duration_since(self.epoch.at).as_millis())
-            .unwrap_or(u64::MAX);
-        let at_ms = self.epoch.unix_ms.saturating_add(since);
         // Changes once a millisecond, however many grants.
         if at_ms > self.last_acquisition_at_ms.load(Relaxed) {
             self.last_acquisition_at_ms.fetch_max(at_ms, Relaxed);

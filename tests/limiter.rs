@@ -140,6 +140,54 @@ async fn try_acquire_never_waits() {
     assert_eq!(api.metrics().timeouts, 2);
 }
 
+/// A rate-only in-process `try_acquire` is decided without awaiting and
+/// counted from the engine's one clock reading: the same metrics as the
+/// general path, and a slot time and last grant on the wall clock.
+#[tokio::test]
+async fn instant_grants_are_counted_like_any_other() {
+    let reg = registry("[limiters.api]\nrate_per_second = 1.0\nburst = 2").await;
+    let api = reg.limiter("api").unwrap();
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as f64
+    };
+    let before = wall_ms();
+    let first = api.try_acquire().await.unwrap().expect("a token");
+    let second = api
+        .key("other")
+        .try_acquire_n(2)
+        .await
+        .unwrap()
+        .expect("two tokens");
+    assert!(api.try_acquire().await.unwrap().is_some());
+    assert!(api.try_acquire().await.unwrap().is_none());
+    let after = wall_ms();
+    for p in [&first, &second] {
+        assert_eq!(
+            (p.limiter(), p.waited(), p.holds_slot()),
+            ("api", Duration::ZERO, false)
+        );
+        let slot_ms = p.slot_unix_us().expect("the memory engine reports slots") as f64 / 1000.0;
+        assert!(
+            slot_ms >= before - 5.0 && slot_ms <= after + 5.0,
+            "{before} <= {slot_ms} <= {after}"
+        );
+    }
+    let m = api.metrics();
+    assert_eq!(
+        (m.total_acquisitions, m.timeouts, m.total_wait_time_ms),
+        (3, 1, 0.0)
+    );
+    assert_eq!(m.wait_histogram.iter().find(|b| b.0 == 0.0).unwrap().1, 3);
+    let last_ms = m.last_acquisition_at.unwrap() * 1000.0;
+    assert!(
+        last_ms >= before - 5.0 && last_ms <= after + 5.0,
+        "{before} <= {last_ms} <= {after}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn sliding_window_is_exact() {
     let reg =

@@ -6,7 +6,6 @@ use super::Limiter;
 use crate::engine::HolderId;
 use crate::error::Result;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -15,8 +14,10 @@ use tokio::time::Instant;
 /// cap) until dropped or [`release`](Self::release)d.
 #[must_use = "dropping a permit at once frees its concurrency slot at once"]
 pub struct Permit {
-    limiter: Arc<str>,
-    lease: Option<LeaseGuard>,
+    limiter: &'static str,
+    /// Boxed: a lease is rare beside rate-only grants, and a permit moves
+    /// through several futures' results (an inline guard made it ~170 bytes).
+    lease: Option<Box<LeaseGuard>>,
     waited: Duration,
     pub(super) slot_unix_us: Option<u64>,
     pub(super) overshoot: Duration,
@@ -33,13 +34,13 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
-    pub(crate) fn new(limiter: Arc<str>, mut lease: Option<LeaseGuard>, waited: Duration) -> Self {
-        if let Some(l) = lease.as_mut() {
-            l.granted = true;
-        }
+    pub(crate) fn new(limiter: &'static str, lease: Option<LeaseGuard>, waited: Duration) -> Self {
         Self {
             limiter,
-            lease,
+            lease: lease.map(|mut l| {
+                l.granted = true;
+                Box::new(l)
+            }),
             waited,
             slot_unix_us: None,
             overshoot: Duration::ZERO,
@@ -48,7 +49,7 @@ impl Permit {
 
     /// The limiter that granted it.
     pub fn limiter(&self) -> &str {
-        &self.limiter
+        self.limiter
     }
 
     /// How long the acquire waited.
