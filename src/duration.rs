@@ -79,16 +79,22 @@ pub fn seconds(value: f64, range: Range) -> Result<Duration, String> {
 }
 
 /// Text as a duration in `range`: a number of seconds (`"2.5"`, `"30"`), or
-/// one with a unit, `ms`, `s`, `m` or `h` (`"500ms"`, `"1s"`, `"2m"`);
+/// one with a unit, `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"1s"`, `"2m"`, `"1d"`);
 /// anything else is an error that quotes it.
 pub fn parse_seconds(text: &str, range: Range) -> Result<Duration, String> {
     let t = text.trim();
-    let (number, scale) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
-        .iter()
-        .find_map(|&(unit, scale)| t.strip_suffix(unit).map(|n| (n.trim_end(), scale)))
-        .unwrap_or((t, 1.0));
+    let (number, scale) = [
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+        ("d", 86_400.0),
+    ]
+    .iter()
+    .find_map(|&(unit, scale)| t.strip_suffix(unit).map(|n| (n.trim_end(), scale)))
+    .unwrap_or((t, 1.0));
     let value: f64 = number.parse().map_err(|_| {
-        format!("must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h), got {text:?}")
+        format!("must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h, 1d), got {text:?}")
     })?;
     seconds(value * scale, range)
 }
@@ -118,7 +124,7 @@ mod tests {
         );
         assert_eq!(
             parse_seconds("abc", Range::POSITIVE).unwrap_err(),
-            "must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h), got \"abc\""
+            "must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h, 1d), got \"abc\""
         );
         assert_eq!(
             parse_seconds("1.5s", Range::POSITIVE),

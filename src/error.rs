@@ -115,6 +115,27 @@ pub enum Error {
         source: BackendError,
     },
 
+    /// A policy's store failed and the policy fails closed.
+    #[error("policy `{policy}`: store `{store}` failed: {source}; the policy is fail_closed, so the request was refused (set on_backend_error = \"fail_open\" in [policies.{policy}] to admit during outages)")]
+    PolicyBackend {
+        /// The policy that was asked.
+        policy: String,
+        /// The store whose backend failed.
+        store: String,
+        /// What the backend said.
+        #[source]
+        source: BackendError,
+    },
+
+    /// No policy has this name.
+    #[error("no policy named `{name}`; known policies: {}", if .known.is_empty() { "(none: add a [policies.NAME] table)".to_string() } else { .known.join(", ") })]
+    UnknownPolicy {
+        /// The name asked for.
+        name: String,
+        /// The names the registry knows.
+        known: Vec<String>,
+    },
+
     /// A store could not be reached when the registry was built.
     #[error("store `{store}` ({url}): cannot connect: {message}{}", connect_hint(.message))]
     Connect {

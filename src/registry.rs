@@ -6,6 +6,7 @@ use crate::engine::Engine;
 use crate::error::{ConfigError, Error, Result};
 use crate::limiter::{Limiter, Permit};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -35,6 +36,7 @@ struct Inner {
     /// The settings of the configured stores, for checking registered limiters.
     store_configs: RwLock<BTreeMap<String, crate::config::StoreConfig>>,
     limiters: RwLock<BTreeMap<String, Limiter>>,
+    policies: RwLock<BTreeMap<String, Policy>>,
     /// Told of every limiter, present and future (telemetry attaches here).
     watchers: RwLock<Vec<LimiterWatcher>>,
 }
@@ -75,6 +77,7 @@ impl Registry {
                 stores: RwLock::new(stores),
                 store_configs: RwLock::new(BTreeMap::new()),
                 limiters: RwLock::new(BTreeMap::new()),
+                policies: RwLock::new(BTreeMap::new()),
                 watchers: RwLock::new(Vec::new()),
             }),
         }
@@ -104,6 +107,35 @@ impl Registry {
             let limiter = Limiter::new(&name, spec, engine, Arc::new(Metrics::new()));
             registry.tell_watchers(&name, &limiter);
             registry.write_limiters().insert(name, limiter);
+        }
+        for (name, spec) in config.policies {
+            let at = format!("policies.{name}.store");
+            let engine = registry.store(&spec.store).ok_or_else(|| {
+                ConfigError::new(
+                    &config.source_name,
+                    &at,
+                    format!("no store named `{}`", spec.store),
+                )
+            })?;
+            if !engine.runs_policies() {
+                return Err(ConfigError::new(
+                    &config.source_name,
+                    at,
+                    format!(
+                        "store `{}` (engine {}) does not run policies yet; use a memory store for this policy",
+                        spec.store,
+                        engine.kind()
+                    ),
+                )
+                .into());
+            }
+            let policy = Policy::new(&name, spec, engine, 1);
+            registry
+                .inner
+                .policies
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name, policy);
         }
         Ok(registry)
     }
@@ -215,6 +247,33 @@ impl Registry {
                 name: name.to_string(),
                 known: limiters.keys().cloned().collect(),
             })
+    }
+
+    /// The policy called `name`.
+    pub fn policy(&self, name: &str) -> Result<Policy> {
+        let policies = self
+            .inner
+            .policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        policies
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPolicy {
+                name: name.to_string(),
+                known: policies.keys().cloned().collect(),
+            })
+    }
+
+    /// The names of all policies, sorted.
+    pub fn policy_names(&self) -> Vec<String> {
+        self.inner
+            .policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// The names of all limiters, sorted.

@@ -597,7 +597,7 @@ fn durations_are_checked_in_range() {
             .with_overrides_from(&env(&[("RATESYNC_ALERT_INTERVAL", "1 fortnight")]))
             .unwrap_err()
             .to_string(),
-        "(environment): RATESYNC_ALERT_INTERVAL: must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h), got \"1 fortnight\""
+        "(environment): RATESYNC_ALERT_INTERVAL: must be a number of seconds (or with a unit: 500ms, 1s, 2m, 1h, 1d), got \"1 fortnight\""
     );
     // Units are read, never ignored.
     for (vars, secs) in [

@@ -19,6 +19,7 @@
 
 pub mod env;
 pub mod limiter;
+pub mod policy;
 pub mod store;
 
 pub use crate::quota::{ConcurrencySpec, FailureMode, LimiterSpec, RateSpec};
@@ -43,6 +44,8 @@ pub struct Config {
     pub source_name: String,
     /// The `[alerts]` table, if any (see [`crate::alert`]).
     pub alerts: Option<crate::alert::config::AlertConfig>,
+    /// Policies by name, already validated (see [`crate::policy`]).
+    pub policies: BTreeMap<String, crate::policy::PolicySpec>,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
             ..Config::default()
         };
         let mut raw_limiters = BTreeMap::new();
+        let mut raw_policies = BTreeMap::new();
         for (key, value) in table {
             match key.as_str() {
                 "stores" => {
@@ -117,6 +121,13 @@ impl Config {
                         raw_limiters.insert(name, lim);
                     }
                 }
+                "policies" => {
+                    for (name, v) in sub_tables(source_name, "policies", v_table(value))? {
+                        let path = format!("policies.{name}");
+                        let p: policy::PolicyConfig = deserialize(source_name, &path, v)?;
+                        raw_policies.insert(name, p);
+                    }
+                }
                 "alerts" => {
                     let alerts: crate::alert::config::AlertConfig =
                         deserialize(source_name, "alerts", value)?;
@@ -127,7 +138,7 @@ impl Config {
                     return Err(ConfigError::new(
                         source_name,
                         other,
-                        "unknown key; expected `stores`, `limiters` or `alerts`",
+                        "unknown key; expected `stores`, `limiters`, `policies` or `alerts`",
                     ))
                 }
             }
@@ -150,6 +161,12 @@ impl Config {
         for (name, lim) in raw_limiters {
             let spec = config.validate_limiter(&name, &lim)?;
             config.limiters.insert(name, spec);
+        }
+        for (name, p) in raw_policies {
+            let spec = policy::validate_policy(source_name, &name, &p, |s| {
+                s == DEFAULT_STORE || config.stores.contains_key(s)
+            })?;
+            config.policies.insert(name, spec);
         }
         Ok(config)
     }

@@ -14,10 +14,11 @@
 //! without bound.
 
 use super::{
-    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateState, ReleaseHub,
-    ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, PolicyCheck,
+    PolicyOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
 };
 use crate::config::store::{SettingError, StoreConfig};
+use crate::policy::decide::{self as policy, PolicyCell};
 use crate::quota::{ConcurrencySpec, RateCell, RateSpec};
 
 use crate::error::BackendError;
@@ -41,6 +42,9 @@ struct Entry {
     rate: RateCell,
     /// Concurrency: current holders.
     leases: Vec<Lease>,
+    /// A policy's state for this key: its ban and windows (boxed: most
+    /// keys are a limiter's).
+    policy: Option<Box<PolicyCell>>,
     /// When this entry holds nothing any more and may be dropped.
     idle_at: u64,
 }
@@ -201,9 +205,13 @@ impl Entry {
     fn refresh_idle(&mut self, rate: Option<&RateSpec>, now: u64) {
         let rate_idle = rate.map_or(0, |r| r.idle_after_ns(&self.rate, now));
         let lease_idle = lease::idle_after_ns(&self.leases, now);
-        let keep = rate_idle.max(lease_idle);
-        // Never shorten: another policy on the same key may need longer.
-        self.idle_at = self.idle_at.max(now.saturating_add(keep));
+        self.keep_for(rate_idle.max(lease_idle), now);
+    }
+
+    /// Keeps the entry at least `keep_ns` past `now`. Never shortens:
+    /// another limit on the same key may need longer.
+    fn keep_for(&mut self, keep_ns: u64, now: u64) {
+        self.idle_at = self.idle_at.max(now.saturating_add(keep_ns));
     }
 }
 
@@ -394,6 +402,58 @@ impl Engine for MemoryEngine {
             max: spec.max,
             next_expiry: live.iter().min().map(|&t| from_nanos(t - now)),
         })
+    }
+
+    fn runs_policies(&self) -> bool {
+        true
+    }
+
+    async fn check_policy(
+        &self,
+        ctx: Ctx<'_>,
+        check: &PolicyCheck<'_>,
+    ) -> Result<PolicyOutcome, BackendError> {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key);
+        if !check.commit {
+            let mut cell = shard
+                .get(ctx.key)
+                .and_then(|e| e.policy.as_deref().cloned())
+                .unwrap_or_default();
+            return Ok(policy::measure_and_replace(
+                check.rules,
+                &mut cell,
+                now,
+                check.cost,
+                check.shadow,
+            ));
+        }
+        let entry = shard.entry(ctx.key, now);
+        let cell = entry.policy.get_or_insert_with(Box::default);
+        let out = policy::measure_and_replace(check.rules, cell, now, check.cost, check.shadow);
+        let keep = policy::idle_after_ns(check.rules, cell, now);
+        entry.keep_for(keep, now);
+        Ok(out)
+    }
+
+    async fn set_ban(
+        &self,
+        ctx: Ctx<'_>,
+        duration: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key);
+        let entry = shard.entry(ctx.key, now);
+        let cell = entry.policy.get_or_insert_with(Box::default);
+        let held = cell.banned_until > now;
+        match duration {
+            Some(d) => {
+                cell.banned_until = cell.banned_until.max(now.saturating_add(nanos(d)));
+                entry.keep_for(nanos(d), now);
+            }
+            None => cell.banned_until = 0,
+        }
+        Ok(held)
     }
 
     async fn describe(&self) -> Result<String, BackendError> {

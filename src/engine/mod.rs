@@ -34,6 +34,8 @@ use crate::config::store::{SettingError, StoreConfig};
 use crate::error::BackendError;
 use crate::key::StateKey;
 use crate::metrics::Metrics;
+pub use crate::policy::decide::{PolicyOutcome, WindowOutcome};
+use crate::policy::rule::WindowRule;
 use crate::quota::{ConcurrencySpec, LimiterSpec, RateSpec};
 use async_trait::async_trait;
 use std::fmt::Debug;
@@ -203,6 +205,19 @@ pub struct ConcurrencyState {
     pub next_expiry: Option<Duration>,
 }
 
+/// One policy check, as an engine receives it (see [`Engine::check_policy`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyCheck<'a> {
+    /// The windows of the policy (of the request's tier), in order.
+    pub rules: &'a [WindowRule],
+    /// What the request costs in every window.
+    pub cost: u32,
+    /// Decide and count as enforcing would, but never ban (a policy in monitor mode).
+    pub shadow: bool,
+    /// Store the outcome; false for a dry run.
+    pub commit: bool,
+}
+
 /// What an engine needs besides the request: where the state lives and where to count.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {
@@ -349,6 +364,42 @@ pub trait Engine: Send + Sync + Debug + 'static {
     /// A signal that fires whenever a slot of `ctx.key` is released. Taken
     /// before an attempt, it cannot miss a release that happens after it.
     async fn subscribe_releases(&self, ctx: Ctx<'_>) -> Result<ReleaseSignal, BackendError>;
+
+    /// Whether this engine decides policies ([`check_policy`](Self::check_policy)).
+    /// A registry refuses, naming the store, a policy on one that does not.
+    fn runs_policies(&self) -> bool {
+        false
+    }
+
+    /// One policy check on `ctx.key` (docs/design.md, Policies): the key's
+    /// ban, then every window of `check.rules` at once, all-or-nothing, in
+    /// one step of the store; with `check.commit` false nothing is stored
+    /// (a dry run). The default refuses, for engines that do not run
+    /// policies.
+    async fn check_policy(
+        &self,
+        _ctx: Ctx<'_>,
+        _check: &PolicyCheck<'_>,
+    ) -> Result<PolicyOutcome, BackendError> {
+        Err(BackendError::new(
+            self.kind(),
+            "this engine does not run policies yet; keep policies on a memory store",
+        ))
+    }
+
+    /// Bans `ctx.key` of a policy for `duration` from now (a longer ban
+    /// already there stays), or lifts its ban (`None`). Returns whether a
+    /// ban held before.
+    async fn set_ban(
+        &self,
+        _ctx: Ctx<'_>,
+        _duration: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        Err(BackendError::new(
+            self.kind(),
+            "this engine does not run policies yet; keep policies on a memory store",
+        ))
+    }
 
     /// What this store is, for `ratesync check`: the server and its
     /// version, the schema or bucket in use. Asks the server, so a store

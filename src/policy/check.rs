@@ -1,0 +1,262 @@
+//! One check: the lists, the tier, the key, the store's decision, and the
+//! [`Decision`] built from it, counted and, for a violation, handed to the
+//! hooks.
+
+use super::decide::PolicyOutcome;
+use super::decision::{Action, Decision, WindowReport};
+use super::request::{KeyPart, Request};
+use super::rule::{PolicyMode, WindowAction, WindowRule};
+use super::violation::Violation;
+use super::Policy;
+use crate::engine::{Ctx, PolicyCheck};
+use crate::error::{Error, Result};
+use crate::key::StateKey;
+use crate::quota::FailureMode;
+use std::time::{Duration, Instant, SystemTime};
+
+impl Policy {
+    /// Decides `request`: counted when admitted (see the module docs of
+    /// [`crate::policy`]).
+    ///
+    /// Errors: a request of cost 0; a store failure when the policy is
+    /// `fail_closed` ([`Error::PolicyBackend`]). With `fail_open` a store
+    /// failure admits the request, marked [`Decision::degraded`].
+    pub async fn check(&self, request: &Request) -> Result<Decision> {
+        self.decide(request, true).await
+    }
+
+    /// Decides `request` as [`check`](Self::check) would, consuming nothing
+    /// and banning nobody (`ratesync eval`). Not counted in the metrics.
+    pub async fn eval(&self, request: &Request) -> Result<Decision> {
+        self.decide(request, false).await
+    }
+
+    /// RateThrottle's shape: checks a request whose key is `identifier`
+    /// (as if every key part of the policy were `identifier`; for a policy
+    /// keyed by `ip`, an address).
+    pub async fn check_rate_limit(&self, identifier: &str) -> Result<Decision> {
+        self.check(&self.request_for(identifier)).await
+    }
+
+    /// The request a bare `identifier` stands for (see
+    /// [`check_rate_limit`](Self::check_rate_limit)).
+    pub fn request_for(&self, identifier: &str) -> Request {
+        let mut req = Request::new();
+        if let Ok(ip) = identifier.parse() {
+            req = req.ip(ip);
+        }
+        for part in &self.shared.spec.key {
+            req = match part {
+                KeyPart::User => req.user(identifier),
+                KeyPart::ApiKey => req.api_key(identifier),
+                KeyPart::Route => req.route(identifier),
+                KeyPart::Header(h) => req.header(h.clone(), identifier),
+                KeyPart::Ip | KeyPart::Global => req,
+            };
+        }
+        req
+    }
+
+    /// The state key of `request` under this policy.
+    pub(crate) fn state_key(&self, request: &Request) -> StateKey {
+        self.shared
+            .spec
+            .key
+            .iter()
+            .filter_map(|p| p.value(request))
+            .fold(self.shared.base.clone(), |k, v| k.child(&v))
+    }
+
+    async fn decide(&self, request: &Request, commit: bool) -> Result<Decision> {
+        let started = Instant::now();
+        let s = &self.shared;
+        let spec = &s.spec;
+        let shadow = spec.mode == PolicyMode::Monitor;
+        let (rules, tier) = spec.windows_for(request.tier_name());
+        let mut d = self.blank(tier);
+        let listed = |list: &super::list::KeyList| {
+            request.ip_addr().is_some_and(|ip| list.contains_ip(ip))
+                || request.identities().any(|i| list.contains_key(&i))
+        };
+        if listed(&spec.deny) {
+            d.action = Action::Deny;
+            d.allowed = shadow;
+            d.would_deny = shadow;
+        } else if listed(&spec.exempt) {
+            d.action = Action::Exempt;
+        } else {
+            let cost = request.cost_given().unwrap_or(spec.cost);
+            if cost == 0 {
+                return Err(Error::Unsupported(format!(
+                    "policy `{}`: a request of cost 0 counts nothing; give a cost of at least 1",
+                    s.name
+                )));
+            }
+            let key = self.state_key(request);
+            let check = PolicyCheck {
+                rules,
+                cost,
+                shadow,
+                commit,
+            };
+            let ctx = Ctx {
+                key: &key,
+                metrics: &s.engine_metrics,
+            };
+            match s.engine.check_policy(ctx, &check).await {
+                Ok(out) => {
+                    self.apply(&mut d, rules, &out, shadow);
+                    if commit && out.ban_started {
+                        s.metrics.record_ban();
+                    }
+                    if commit && d.violated {
+                        self.report_violation(&d, &key);
+                    }
+                }
+                Err(e) => {
+                    s.metrics.record_backend_error();
+                    match spec.on_backend_error {
+                        FailureMode::FailOpen => {
+                            tracing::warn!(policy = %s.name, store = %spec.store, error = %e,
+                                "store failed; admitting (on_backend_error = fail_open)");
+                            d.degraded = true;
+                        }
+                        FailureMode::FailClosed => {
+                            tracing::error!(policy = %s.name, store = %spec.store, error = %e,
+                                "store failed; refusing (on_backend_error = fail_closed)");
+                            return Err(Error::PolicyBackend {
+                                policy: s.name.clone(),
+                                store: spec.store.clone(),
+                                source: e,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if commit {
+            s.metrics.record(&d, started.elapsed());
+        }
+        Ok(d)
+    }
+
+    /// An admitting decision with nothing decided yet.
+    fn blank(&self, tier: Option<&str>) -> Decision {
+        Decision {
+            allowed: true,
+            action: Action::Allow,
+            policy: self.shared.name.clone(),
+            window: None,
+            limit: None,
+            remaining: None,
+            reset_after: None,
+            retry_after: None,
+            blocked_until: None,
+            violated: false,
+            would_deny: false,
+            tier: tier.map(str::to_string),
+            config_version: self.shared.version,
+            degraded: false,
+            windows: Vec::new(),
+            style: self.shared.spec.headers,
+        }
+    }
+
+    /// Fills `d` from the store's outcome.
+    fn apply(&self, d: &mut Decision, rules: &[WindowRule], out: &PolicyOutcome, shadow: bool) {
+        d.windows = rules
+            .iter()
+            .zip(&out.windows)
+            .map(|(r, w)| WindowReport {
+                name: r.name.clone(),
+                limit: r.limit,
+                window: r.window,
+                action: r.action,
+                allowed: w.allowed,
+                remaining: w.remaining,
+                reset_after: w.reset_after,
+                retry_after: w.retry_after,
+                next_after: w.next_after,
+            })
+            .collect();
+        let banned = out.banned_for.filter(|_| !out.ban_started);
+        let refusing = d
+            .windows
+            .iter()
+            .filter(|w| !w.allowed && w.action != WindowAction::Monitor)
+            .max_by_key(|w| w.retry_after);
+        d.violated = banned.is_none() && d.windows.iter().any(|w| !w.allowed);
+        d.would_deny = d
+            .windows
+            .iter()
+            .any(|w| !w.allowed && w.action == WindowAction::Monitor);
+        let refused = banned.is_some() || !out.counted;
+        if refused {
+            let by_block = banned.is_some()
+                || d.windows
+                    .iter()
+                    .any(|w| !w.allowed && w.action == WindowAction::Block);
+            d.action = if by_block {
+                Action::Block
+            } else {
+                Action::Throttle
+            };
+            let retry = refusing.map_or(Duration::ZERO, |w| w.retry_after);
+            d.retry_after = Some(retry.max(out.banned_for.unwrap_or(Duration::ZERO)));
+            if let Some(ban) = out.banned_for {
+                d.blocked_until = Some(SystemTime::now() + ban);
+            }
+            d.allowed = shadow;
+            d.would_deny |= shadow;
+        }
+        if shadow {
+            d.action = if refused { Action::Allow } else { d.action };
+        }
+        let deciding = refusing.or_else(|| {
+            d.windows
+                .iter()
+                .filter(|w| w.action != WindowAction::Monitor)
+                .min_by_key(|w| w.remaining)
+        });
+        if let Some(w) = deciding {
+            d.window = Some(w.name.clone());
+            d.limit = Some(w.limit);
+            d.remaining = Some(w.remaining);
+            d.reset_after = Some(w.reset_after);
+        }
+    }
+
+    fn report_violation(&self, d: &Decision, key: &StateKey) {
+        let Some(w) = d
+            .window
+            .as_ref()
+            .and_then(|n| d.windows.iter().find(|w| &w.name == n && !w.allowed))
+            .or_else(|| d.windows.iter().find(|w| !w.allowed))
+        else {
+            return;
+        };
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("action".to_string(), d.action.as_str().to_string());
+        if let Some(t) = &d.tier {
+            metadata.insert("tier".to_string(), t.clone());
+        }
+        if d.would_deny && d.allowed {
+            metadata.insert("shadow".to_string(), "true".to_string());
+        }
+        self.shared.violations.send(
+            Violation {
+                key: key.encoded().to_string(),
+                policy: d.policy.clone(),
+                window: w.name.clone(),
+                count: w.limit - w.remaining.min(w.limit),
+                limit: w.limit,
+                at: SystemTime::now(),
+                blocked_until: d.blocked_until,
+                retry_after: d.retry_after,
+                scope: self.shared.scope.clone(),
+                metadata,
+            },
+            &self.shared.metrics,
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The one policy decision every Rust-side engine makes, pure and
+//! clock-free: a ban check, then every window of the policy at once,
+//! all-or-nothing (governor's `measure_and_replace` shape, over a cell that
+//! holds the key's ban and each window's state).
+//!
+//! - A live ban refuses the request before any window is asked; nothing is
+//!   counted.
+//! - Every window decides on the same `now` and `cost`. When an enforcing
+//!   window (`throttle`, `block`) refuses, no window takes anything: the
+//!   refused request leaves every count as it was.
+//! - Otherwise every enforcing window takes `cost`, and so does every
+//!   `monitor` window with room; a monitor window without room reports
+//!   "would deny" and takes nothing, exactly as if it enforced alone. A
+//!   monitor window never refuses and never stops the others.
+//! - An enforcing `block` window that refuses bans the key for its block
+//!   duration (the longest, if several), unless the check is `shadow` (a
+//!   whole policy in monitor mode), which decides and counts as enforcing
+//!   would but never bans.
+
+use super::rule::{WindowAction, WindowAlgorithm, WindowRule};
+use crate::counter::Counts;
+use crate::quota::{RateCell, RateSpec};
+use crate::units::{from_nanos, nanos};
+use std::time::Duration;
+
+/// The state of one key of one policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyCell {
+    /// When the key's ban ends (engine ns; 0: none).
+    pub banned_until: u64,
+    /// Each window's state, in the rules' order.
+    pub windows: Vec<WindowCell>,
+}
+
+/// One window's state: the field its algorithm uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowCell {
+    /// Token bucket and exact sliding window.
+    pub rate: RateCell,
+    /// Fixed window and sliding counter.
+    pub counts: Counts,
+}
+
+/// What one window found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowOutcome {
+    /// The window had room for the request.
+    pub allowed: bool,
+    /// Requests of cost 1 still possible at once, after this one.
+    pub remaining: u32,
+    /// Until the window holds nothing any more.
+    pub reset_after: Duration,
+    /// Until the request would fit (zero when it did).
+    pub retry_after: Duration,
+    /// Until one more request of cost 1 fits (zero when one does now).
+    pub next_after: Duration,
+}
+
+/// The outcome of one policy check on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    /// The key is banned for this long (a ban found, or one this check
+    /// set); `None`: no ban holds.
+    pub banned_for: Option<Duration>,
+    /// True when this check set the ban.
+    pub ban_started: bool,
+    /// True when the request was counted (no enforcing window refused and
+    /// no ban held).
+    pub counted: bool,
+    /// Each window's finding, in the rules' order (empty when a ban
+    /// refused the request before any window was asked).
+    pub windows: Vec<WindowOutcome>,
+}
+
+/// The decision (see the module docs) on `cell` at `now` (engine ns).
+pub fn measure_and_replace(
+    rules: &[WindowRule],
+    cell: &mut PolicyCell,
+    now: u64,
+    cost: u32,
+    shadow: bool,
+) -> PolicyOutcome {
+    if cell.banned_until > now {
+        return PolicyOutcome {
+            banned_for: Some(from_nanos(cell.banned_until - now)),
+            ban_started: false,
+            counted: false,
+            windows: Vec::new(),
+        };
+    }
+    cell.banned_until = 0;
+    // A reloaded policy with other windows starts them afresh.
+    cell.windows.resize_with(rules.len(), WindowCell::default);
+    let fits: Vec<Result<(), u64>> = rules
+        .iter()
+        .zip(cell.windows.iter_mut())
+        .map(|(r, w)| fits(&r.algorithm, w, now, cost))
+        .collect();
+    let refused = rules
+        .iter()
+        .zip(&fits)
+        .any(|(r, f)| r.enforces() && f.is_err());
+    let mut ban_ns = 0;
+    for ((rule, w), fit) in rules.iter().zip(cell.windows.iter_mut()).zip(&fits) {
+        match fit {
+            Ok(()) if !refused => take(&rule.algorithm, w, now, cost),
+            Err(_) if rule.action == WindowAction::Block && !shadow => {
+                ban_ns = ban_ns.max(nanos(rule.block));
+            }
+            _ => {}
+        }
+    }
+    let windows = rules
+        .iter()
+        .zip(cell.windows.iter_mut())
+        .zip(&fits)
+        .map(|((r, w), fit)| outcome(&r.algorithm, w, now, *fit))
+        .collect();
+    let ban_started = ban_ns > 0;
+    if ban_started {
+        cell.banned_until = now.saturating_add(ban_ns);
+    }
+    PolicyOutcome {
+        banned_for: ban_started.then(|| from_nanos(ban_ns)),
+        ban_started,
+        counted: !refused,
+        windows,
+    }
+}
+
+/// `Ok` when `cost` fits in the window now, else `Err(retry_after_ns)`.
+fn fits(a: &WindowAlgorithm, w: &mut WindowCell, now: u64, cost: u32) -> Result<(), u64> {
+    match a {
+        WindowAlgorithm::Rate(r) => r
+            .measure_and_replace(&mut w.rate, now, cost, 0, false)
+            .map(drop),
+        WindowAlgorithm::Counted(c) => match c.state(&mut w.counts, now, cost).retry_after_ns {
+            0 => Ok(()),
+            retry => Err(retry),
+        },
+    }
+}
+
+fn take(a: &WindowAlgorithm, w: &mut WindowCell, now: u64, cost: u32) {
+    match a {
+        WindowAlgorithm::Rate(r) => {
+            let _ = r.measure_and_replace(&mut w.rate, now, cost, 0, true);
+        }
+        WindowAlgorithm::Counted(c) => c.record(&mut w.counts, now, cost),
+    }
+}
+
+fn outcome(
+    a: &WindowAlgorithm,
+    w: &mut WindowCell,
+    now: u64,
+    fit: Result<(), u64>,
+) -> WindowOutcome {
+    let (remaining, reset_after, next_after) = match a {
+        WindowAlgorithm::Rate(RateSpec::TokenBucket(g)) => {
+            let s = g.state(w.rate.tat, now);
+            (s.remaining, s.reset_after_ns, s.retry_after_ns)
+        }
+        WindowAlgorithm::Rate(RateSpec::SlidingWindow(sw)) => {
+            let s = sw.state(&w.rate.grants, now);
+            (s.remaining, s.reset_after_ns, s.retry_after_ns)
+        }
+        WindowAlgorithm::Counted(c) => {
+            let s = c.state(&mut w.counts, now, 1);
+            (s.remaining, s.reset_after_ns, s.retry_after_ns)
+        }
+    };
+    WindowOutcome {
+        allowed: fit.is_ok(),
+        remaining,
+        reset_after: from_nanos(reset_after),
+        retry_after: fit.err().map_or(Duration::ZERO, from_nanos),
+        next_after: from_nanos(next_after),
+    }
+}
+
+/// How long after `now` the cell still holds something (a ban or a count).
+pub fn idle_after_ns(rules: &[WindowRule], cell: &PolicyCell, now: u64) -> u64 {
+    let windows = rules
+        .iter()
+        .zip(&cell.windows)
+        .map(|(r, w)| match &r.algorithm {
+            WindowAlgorithm::Rate(spec) => spec.idle_after_ns(&w.rate, now),
+            WindowAlgorithm::Counted(c) => c.idle_after_ns(&w.counts, now),
+        });
+    windows.fold(cell.banned_until.saturating_sub(now), u64::max)
+}

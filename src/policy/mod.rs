@@ -1,0 +1,198 @@
+//! Policies: rules with several windows, tiers, shadow mode, bans, allow and
+//! deny lists with CIDR ranges, and violations, decided by the store so
+//! every host sharing it enforces one policy exactly.
+//!
+//! A policy sits above the engines and reaches them only through the
+//! engine trait ([`crate::engine::Engine::check_policy`]). One check:
+//!
+//! 1. the deny list (exact keys, address ranges): refused, 403, uncounted;
+//! 2. the exempt list: admitted, uncounted;
+//! 3. the store, in one step: the key's ban, then every window of the
+//!    request's tier (or the default windows) on the same clock reading,
+//!    all-or-nothing: a request an enforcing window refuses takes from no
+//!    window; `monitor` windows count and report but never refuse; a full
+//!    `block` window bans the key for its `block_duration` on every host
+//!    (`decide.rs` has the rules, which every engine mirrors).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> ratesync::Result<()> {
+//! use ratesync::policy::{Action, Request};
+//! let registry = ratesync::Registry::from_toml_str(r#"
+//!     [policies.api]
+//!     key = "api_key"
+//!     windows = [
+//!       { window = "1s", limit = 2, action = "throttle" },
+//!       { window = "1h", limit = 100, action = "block", block_duration = "15m" },
+//!     ]
+//!     exempt = ["10.0.0.0/8"]
+//! "#).await?;
+//! let api = registry.policy("api")?;
+//! let client = Request::new().api_key("k-1").ip("203.0.113.5".parse().unwrap());
+//! assert!(api.check(&client).await?.allowed);
+//! assert!(api.check(&client).await?.allowed);
+//! let third = api.check(&client).await?;
+//! assert_eq!((third.allowed, third.action), (false, Action::Throttle));
+//! let internal = Request::new().api_key("k-1").ip("10.1.2.3".parse().unwrap());
+//! assert_eq!(api.check(&internal).await?.action, Action::Exempt);
+//! # Ok(()) }
+//! ```
+
+mod check;
+pub mod decide;
+mod decision;
+pub mod list;
+mod metrics;
+mod request;
+pub mod rule;
+mod violation;
+
+pub use decision::{Action, Decision, HeaderStyle, WindowReport};
+pub use list::KeyList;
+pub use metrics::{PolicyMetrics, PolicyMetricsSnapshot, RecentViolation};
+pub use request::{KeyPart, Request};
+pub use rule::{PolicyMode, PolicySpec, WindowAction, WindowAlgorithm, WindowRule};
+pub use violation::Violation;
+
+use crate::engine::{Ctx, Engine};
+use crate::error::{Error, Result};
+use crate::key::StateKey;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A named policy, cheap to clone (an `Arc` inside). Get one from
+/// [`Registry::policy`](crate::Registry::policy).
+#[derive(Clone)]
+pub struct Policy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    spec: PolicySpec,
+    engine: Arc<dyn Engine>,
+    /// The state key every request's key narrows.
+    base: StateKey,
+    /// What the key is made of, for violations (`"route+ip"`).
+    scope: String,
+    metrics: Arc<PolicyMetrics>,
+    /// Engine-level counters (compare-and-set conflicts), as a limiter has.
+    engine_metrics: crate::metrics::Metrics,
+    violations: violation::Violations,
+    version: u64,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.shared.name)
+            .field("engine", &self.shared.engine.kind())
+            .field("spec", &self.shared.spec)
+            .field("config_version", &self.shared.version)
+            .finish()
+    }
+}
+
+impl Policy {
+    pub(crate) fn new(name: &str, spec: PolicySpec, engine: Arc<dyn Engine>, version: u64) -> Self {
+        let windows = spec
+            .windows
+            .iter()
+            .chain(spec.tiers.values().flatten())
+            .map(|w| w.name.as_str());
+        let metrics = Arc::new(PolicyMetrics::new(windows));
+        let scope = spec
+            .key
+            .iter()
+            .map(KeyPart::name)
+            .collect::<Vec<_>>()
+            .join("+");
+        Self {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                base: StateKey::new(name),
+                scope,
+                spec,
+                engine,
+                metrics,
+                engine_metrics: crate::metrics::Metrics::new(),
+                violations: Default::default(),
+                version,
+            }),
+        }
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The validated rules.
+    pub fn spec(&self) -> &PolicySpec {
+        &self.shared.spec
+    }
+
+    /// The configuration version this policy was built under.
+    pub fn config_version(&self) -> u64 {
+        self.shared.version
+    }
+
+    /// The policy's counters now.
+    pub fn metrics(&self) -> PolicyMetricsSnapshot {
+        let spec = &self.shared.spec;
+        self.shared
+            .metrics
+            .snapshot(spec.windows.len(), spec.exempt.len(), spec.deny.len())
+    }
+
+    /// RateThrottle's name for [`metrics`](Self::metrics).
+    pub fn get_metrics(&self) -> PolicyMetricsSnapshot {
+        self.metrics()
+    }
+
+    /// Tells `hook` of every violation, through a bounded queue served by
+    /// one task on the current tokio runtime: a slow or failing hook never
+    /// slows a check, and a violation the full queue cannot take is counted
+    /// in `violations_dropped`.
+    pub fn on_violation<F, Fut>(&self, hook: F)
+    where
+        F: Fn(Violation) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.violations.add(hook);
+    }
+
+    /// Bans `request`'s key for `duration` on every host sharing the store
+    /// (a longer ban already there stays). `reason` goes to the log.
+    /// Returns whether a ban already held.
+    pub async fn block(&self, request: &Request, duration: Duration, reason: &str) -> Result<bool> {
+        let key = self.state_key(request);
+        tracing::info!(policy = %self.shared.name, key = %key.encoded(), seconds = duration.as_secs_f64(), reason, "key banned by hand");
+        let held = self.set_ban(&key, Some(duration)).await?;
+        self.shared.metrics.record_ban();
+        Ok(held)
+    }
+
+    /// Lifts `request`'s ban; returns whether one held.
+    pub async fn unblock(&self, request: &Request) -> Result<bool> {
+        let key = self.state_key(request);
+        tracing::info!(policy = %self.shared.name, key = %key.encoded(), "ban lifted by hand");
+        self.set_ban(&key, None).await
+    }
+
+    async fn set_ban(&self, key: &StateKey, duration: Option<Duration>) -> Result<bool> {
+        let s = &self.shared;
+        let ctx = Ctx {
+            key,
+            metrics: &s.engine_metrics,
+        };
+        s.engine.set_ban(ctx, duration).await.map_err(|e| {
+            s.metrics.record_backend_error();
+            Error::PolicyBackend {
+                policy: s.name.clone(),
+                store: s.spec.store.clone(),
+                source: e,
+            }
+        })
+    }
+}
