@@ -89,6 +89,22 @@ impl CountedWindow {
         self.window_ns
     }
 
+    /// The length of one slot, ns.
+    pub fn width_ns(&self) -> u64 {
+        self.width_ns
+    }
+
+    /// How many slots a decision counts.
+    pub fn span(&self) -> u64 {
+        self.span
+    }
+
+    /// This window with slots of `width_ns` (a store that counts in whole
+    /// microseconds rounds its slots up), or `None` for a zero width.
+    pub fn with_width(self, width_ns: u64) -> Option<Self> {
+        (width_ns > 0).then_some(Self { width_ns, ..self })
+    }
+
     /// True for a fixed window, false for a sliding counter.
     pub fn is_fixed(&self) -> bool {
         self.span == 1

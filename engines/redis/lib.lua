@@ -79,3 +79,45 @@ local function reserve_one(key, kind, p1, p2, now, max_wait, cost)
   commit(key, kind, p1, p2, now, at, tat, cost)
   return {1, wait, at}
 end
+
+-- Counted windows (kind 3), mirroring src/counter.rs: grants counted per
+-- slot of `width` us in a hash (field: slot number); a decision counts the
+-- last `span` slots, the current one included (span 1: a fixed window).
+-- Returns the slot counts from the oldest counted slot to the current one,
+-- that slot, and their sum; drops fields that no longer count.
+local function counted_read(key, width, span, now)
+  local slot = math.floor(now / width)
+  local first = slot - span + 1
+  if first < 0 then first = 0 end
+  local counts, sum = {}, 0
+  for s = first, slot do counts[s - first + 1] = 0 end
+  local raw = redis.call('HGETALL', key)
+  for i = 1, #raw, 2 do
+    local s, n = tonumber(raw[i]), tonumber(raw[i + 1])
+    if s < first then
+      redis.call('HDEL', key, raw[i])
+    elseif s <= slot then
+      counts[s - first + 1] = n
+      sum = sum + n
+    else
+      -- A slot ahead of the server's clock (it stepped back): still counts.
+      counts[#counts] = counts[#counts] + n
+      sum = sum + n
+    end
+  end
+  return counts, first, sum
+end
+
+-- Microseconds until `cost` more fit in a counted window (0: now).
+local function counted_retry(counts, first, sum, limit, width, span, now, cost)
+  if cost > limit then return width * math.max(span - 1, 1) end
+  if sum + cost <= limit then return 0 end
+  local left = sum
+  for i = 1, #counts do
+    left = left - counts[i]
+    if left + cost <= limit then
+      return (first + i - 1 + span) * width - now
+    end
+  end
+  return width * span
+end

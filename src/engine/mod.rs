@@ -28,6 +28,8 @@ pub(crate) use signal::{Listening, ReleaseListener};
 pub use signal::{ReleaseHub, ReleaseSignal};
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use wire::max_wait_arg;
+#[cfg(feature = "redis")]
+pub(crate) use wire::policy_window_args;
 pub use wire::{script_args, RateArgs};
 
 use crate::config::store::{SettingError, StoreConfig};

@@ -8,8 +8,16 @@
     allow(dead_code, unused_imports)
 )]
 
+#[cfg(feature = "redis")]
+use super::PolicyOutcome;
 use super::{BatchReservation, ConcurrencyState, LeaseOutcome, RateState, Reservation};
+#[cfg(feature = "redis")]
+use crate::counter::Counts;
 use crate::gcra::Gcra;
+#[cfg(feature = "redis")]
+use crate::policy::decide::{self, WindowCell};
+#[cfg(feature = "redis")]
+use crate::policy::rule::{WindowAction, WindowAlgorithm, WindowRule};
 use crate::quota::RateSpec;
 use crate::units::{from_micros, micros, micros_to_nanos, nanos_to_micros_up};
 use crate::window::SlidingWindow;
@@ -205,5 +213,121 @@ impl ConcurrencyState {
             max,
             next_expiry: (first_us > 0).then(|| from_micros(first_us - now_us)),
         }
+    }
+}
+
+/// One policy window as `engines/redis/policy.lua` takes it: `(kind, p1,
+/// p2, p3, action, block_us)` (the script's header documents each); kinds 1
+/// and 2 are [`RateArgs`], kind 3 a counted window with its slot width in
+/// µs rounded up.
+#[cfg(feature = "redis")]
+pub(crate) fn policy_window_args(rule: &WindowRule) -> [i64; 6] {
+    let (kind, p1, p2, p3) = match &rule.algorithm {
+        WindowAlgorithm::Rate(r) => {
+            let (k, p1, p2) = script_args(r);
+            (i64::from(k), p1, p2, 0)
+        }
+        WindowAlgorithm::Counted(c) => (
+            3,
+            i64::from(c.limit()),
+            nanos_to_micros_up(c.width_ns()),
+            i64::try_from(c.span()).unwrap_or(i64::MAX),
+        ),
+    };
+    let action = match rule.action {
+        WindowAction::Throttle => 1,
+        WindowAction::Monitor => 2,
+        WindowAction::Block => 3,
+    };
+    [kind, p1, p2, p3, action, micros(rule.block)]
+}
+
+/// `rule` as a store counting whole microseconds enforces it (its
+/// intervals rounded up), so outcomes are computed with the store's numbers.
+#[cfg(feature = "redis")]
+fn enforced_rule(rule: &WindowRule) -> WindowRule {
+    let algorithm = match &rule.algorithm {
+        WindowAlgorithm::Rate(r) => WindowAlgorithm::Rate(RateArgs::of(r).as_enforced(r)),
+        WindowAlgorithm::Counted(c) => WindowAlgorithm::Counted(
+            c.with_width(micros_to_nanos(nanos_to_micros_up(c.width_ns())))
+                .unwrap_or(*c),
+        ),
+    };
+    WindowRule {
+        algorithm,
+        ..rule.clone()
+    }
+}
+
+impl PolicyOutcome {
+    /// Decodes what `policy.lua` answers (see its header): the ban, the
+    /// server's time, each window's fit and state after the check; the
+    /// outcome is computed in Rust from that state, as the memory engine
+    /// computes it ([`crate::policy::decide`]).
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_wire(
+        rules: &[WindowRule],
+        ban_us: i64,
+        ban_started: bool,
+        now_us: i64,
+        fits_us: &[i64],
+        states: &[Vec<i64>],
+    ) -> Result<Self, String> {
+        if ban_us > 0 && !ban_started {
+            return Ok(PolicyOutcome::banned(from_micros(ban_us)));
+        }
+        if fits_us.len() != rules.len() || states.len() != rules.len() {
+            return Err(format!(
+                "a policy of {} windows got {} fits and {} states back",
+                rules.len(),
+                fits_us.len(),
+                states.len()
+            ));
+        }
+        let rules: Vec<WindowRule> = rules.iter().map(enforced_rule).collect();
+        let now = micros_to_nanos(now_us);
+        let fits: Vec<Result<(), u64>> = fits_us
+            .iter()
+            .map(|&f| {
+                if f <= 0 {
+                    Ok(())
+                } else {
+                    Err(micros_to_nanos(f))
+                }
+            })
+            .collect();
+        let mut cells: Vec<WindowCell> = rules
+            .iter()
+            .zip(states)
+            .map(|(r, s)| {
+                let mut cell = WindowCell::default();
+                match &r.algorithm {
+                    WindowAlgorithm::Rate(RateSpec::TokenBucket(_)) => {
+                        cell.rate.tat = s.first().filter(|&&t| t > 0).map(|&t| micros_to_nanos(t));
+                    }
+                    WindowAlgorithm::Rate(RateSpec::SlidingWindow(_)) => {
+                        cell.rate.grants = s.iter().map(|&g| micros_to_nanos(g)).collect();
+                    }
+                    WindowAlgorithm::Counted(_) => {
+                        if let Some((&first, counts)) = s.split_first() {
+                            cell.counts = Counts {
+                                first: u64::try_from(first).unwrap_or(0),
+                                counts: counts
+                                    .iter()
+                                    .map(|&n| u32::try_from(n).unwrap_or(u32::MAX))
+                                    .collect(),
+                            };
+                        }
+                    }
+                }
+                cell
+            })
+            .collect();
+        let ban_ns = if ban_started {
+            micros_to_nanos(ban_us)
+        } else {
+            0
+        };
+        Ok(decide::report(&rules, &mut cells, now, &fits, ban_ns))
     }
 }

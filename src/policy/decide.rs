@@ -81,12 +81,7 @@ pub fn measure_and_replace(
     shadow: bool,
 ) -> PolicyOutcome {
     if cell.banned_until > now {
-        return PolicyOutcome {
-            banned_for: Some(from_nanos(cell.banned_until - now)),
-            ban_started: false,
-            counted: false,
-            windows: Vec::new(),
-        };
+        return PolicyOutcome::banned(from_nanos(cell.banned_until - now));
     }
     cell.banned_until = 0;
     // A reloaded policy with other windows starts them afresh.
@@ -96,35 +91,74 @@ pub fn measure_and_replace(
         .zip(cell.windows.iter_mut())
         .map(|(r, w)| fits(&r.algorithm, w, now, cost))
         .collect();
-    let refused = rules
-        .iter()
-        .zip(&fits)
-        .any(|(r, f)| r.enforces() && f.is_err());
-    let mut ban_ns = 0;
-    for ((rule, w), fit) in rules.iter().zip(cell.windows.iter_mut()).zip(&fits) {
-        match fit {
-            Ok(()) if !refused => take(&rule.algorithm, w, now, cost),
-            Err(_) if rule.action == WindowAction::Block && !shadow => {
-                ban_ns = ban_ns.max(nanos(rule.block));
+    let refused = refuses(rules, &fits);
+    if !refused {
+        for ((rule, w), fit) in rules.iter().zip(cell.windows.iter_mut()).zip(&fits) {
+            if fit.is_ok() {
+                take(&rule.algorithm, w, now, cost);
             }
-            _ => {}
         }
     }
-    let windows = rules
-        .iter()
-        .zip(cell.windows.iter_mut())
-        .zip(&fits)
-        .map(|((r, w), fit)| outcome(&r.algorithm, w, now, *fit))
-        .collect();
-    let ban_started = ban_ns > 0;
-    if ban_started {
+    let ban_ns = if shadow { 0 } else { ban_ns(rules, &fits) };
+    if ban_ns > 0 {
         cell.banned_until = now.saturating_add(ban_ns);
     }
+    report(rules, &mut cell.windows, now, &fits, ban_ns)
+}
+
+impl PolicyOutcome {
+    /// A request refused by a ban that still runs for `left`.
+    pub(crate) fn banned(left: Duration) -> Self {
+        PolicyOutcome {
+            banned_for: Some(left),
+            ban_started: false,
+            counted: false,
+            windows: Vec::new(),
+        }
+    }
+}
+
+/// True when an enforcing window has no room.
+fn refuses(rules: &[WindowRule], fits: &[Result<(), u64>]) -> bool {
+    rules
+        .iter()
+        .zip(fits)
+        .any(|(r, f)| r.enforces() && f.is_err())
+}
+
+/// The ban the full `block` windows set: the longest of their durations (ns).
+fn ban_ns(rules: &[WindowRule], fits: &[Result<(), u64>]) -> u64 {
+    rules
+        .iter()
+        .zip(fits)
+        .filter(|(r, f)| r.action == WindowAction::Block && f.is_err())
+        .map(|(r, _)| nanos(r.block))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The outcome of a decision whose windows found `fits` and now hold
+/// `windows`, and that set a ban of `ban_ns` (0: none). Engines that decide
+/// in the store (Redis, PostgreSQL) send back the fits and the windows'
+/// state, and report through this too.
+pub(crate) fn report(
+    rules: &[WindowRule],
+    windows: &mut [WindowCell],
+    now: u64,
+    fits: &[Result<(), u64>],
+    ban_ns: u64,
+) -> PolicyOutcome {
+    let outcomes = rules
+        .iter()
+        .zip(windows.iter_mut())
+        .zip(fits)
+        .map(|((r, w), fit)| outcome(&r.algorithm, w, now, *fit))
+        .collect();
     PolicyOutcome {
-        banned_for: ban_started.then(|| from_nanos(ban_ns)),
-        ban_started,
-        counted: !refused,
-        windows,
+        banned_for: (ban_ns > 0).then(|| from_nanos(ban_ns)),
+        ban_started: ban_ns > 0,
+        counted: !refuses(rules, fits),
+        windows: outcomes,
     }
 }
 

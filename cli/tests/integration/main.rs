@@ -10,6 +10,7 @@ mod contract;
 mod cross_host;
 mod hosts;
 mod memory;
+mod policy_contract;
 mod readme;
 mod scenarios;
 mod support;

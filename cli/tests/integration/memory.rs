@@ -11,7 +11,9 @@ fn memory_engine_keeps_the_contract() {
     rt.block_on(async {
         let registry = ratesync::Registry::new();
         let engine = registry.store("memory").expect("the built-in store");
-        contract::run_all("memory", &*engine, &unique_prefix("contract")).await;
+        let scope = unique_prefix("contract");
+        contract::run_all("memory", &*engine, &scope).await;
+        crate::policy_contract::run_all("memory", &*engine, &scope).await;
     });
 }
 

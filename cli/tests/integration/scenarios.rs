@@ -33,6 +33,7 @@ pub fn contract(t: &Target) {
             .unwrap();
         let engine = reg.store("s").expect("the store under test");
         crate::contract::run_all(t.label, &*engine, "contract").await;
+        crate::policy_contract::run_all(t.label, &*engine, "contract").await;
     });
 }
 

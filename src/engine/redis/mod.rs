@@ -29,13 +29,15 @@
 mod cluster;
 mod durable;
 
-use super::{max_wait_arg, script_args, RateArgs};
+use super::{max_wait_arg, policy_window_args, script_args, RateArgs};
 use super::{
     BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening,
     RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
+use super::{PolicyCheck, PolicyOutcome};
 use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
+use crate::policy::rule::WindowRule;
 use crate::quota::LimiterSpec;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::secret::redact;
@@ -75,6 +77,8 @@ pub fn script_source(name: &str) -> Option<String> {
         "lease_release" => include_str!("../../../engines/redis/lease_release.lua"),
         "lease_state" => include_str!("../../../engines/redis/lease_state.lua"),
         "reset" => include_str!("../../../engines/redis/reset.lua"),
+        "policy" => include_str!("../../../engines/redis/policy.lua"),
+        "ban" => include_str!("../../../engines/redis/ban.lua"),
         _ => return None,
     };
     Some(source(body))
@@ -90,6 +94,8 @@ struct Scripts {
     lease_release: Script,
     lease_state: Script,
     reset: Script,
+    policy: Script,
+    ban: Script,
 }
 
 impl Scripts {
@@ -105,6 +111,8 @@ impl Scripts {
             lease_release: load("lease_release"),
             lease_state: load("lease_state"),
             reset: load("reset"),
+            policy: load("policy"),
+            ban: load("ban"),
         }
     }
 }
@@ -263,6 +271,24 @@ impl RedisEngine {
         format!("{}:{{{}}}:r", self.prefix, ctx.key.encoded())
     }
 
+    /// A policy key's ban.
+    fn ban_key(&self, ctx: &Ctx<'_>) -> String {
+        format!("{}:{{{}}}:b", self.prefix, ctx.key.encoded())
+    }
+
+    /// A policy window's state: by the window's name and kind, so a
+    /// reloaded policy that changes a window's algorithm never reads a key
+    /// of another type (which would fail the check, and under fail_open
+    /// admit everything).
+    fn window_key(&self, ctx: &Ctx<'_>, rule: &WindowRule, kind: i64) -> String {
+        format!(
+            "{}:{{{}}}:p{kind}:{}",
+            self.prefix,
+            ctx.key.encoded(),
+            rule.name
+        )
+    }
+
     fn lease_key(&self, ctx: &Ctx<'_>) -> String {
         format!("{}:{{{}}}:c", self.prefix, ctx.key.encoded())
     }
@@ -392,6 +418,53 @@ impl Engine for RedisEngine {
         }
         let (granted, wait, refused): (i64, i64, i64) = self.durably(call).await?;
         Ok(BatchReservation::from_wire(granted == 1, wait, refused))
+    }
+
+    fn runs_policies(&self) -> bool {
+        true
+    }
+
+    async fn check_policy(
+        &self,
+        ctx: Ctx<'_>,
+        check: &PolicyCheck<'_>,
+    ) -> Result<PolicyOutcome, BackendError> {
+        let mut call = Call::new(&self.scripts.policy)
+            .key(self.ban_key(&ctx))
+            .arg(check.cost)
+            .arg(i32::from(check.shadow))
+            .arg(i32::from(check.commit));
+        for rule in check.rules {
+            let args = policy_window_args(rule);
+            call = call.key(self.window_key(&ctx, rule, args[0]));
+            for a in args {
+                call = call.arg(a);
+            }
+        }
+        let (ban, started, now, fits, states): (i64, i64, i64, Vec<i64>, Vec<Vec<i64>>) =
+            if check.commit {
+                self.durably(call).await?
+            } else {
+                self.run(call).await?
+            };
+        PolicyOutcome::from_wire(check.rules, ban, started == 1, now, &fits, &states)
+            .map_err(|e| BackendError::new(ENGINE, e))
+    }
+
+    async fn set_ban(
+        &self,
+        ctx: Ctx<'_>,
+        duration: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let len = duration.map_or(-1, micros);
+        let held: i64 = self
+            .durably(
+                Call::new(&self.scripts.ban)
+                    .key(self.ban_key(&ctx))
+                    .arg(len),
+            )
+            .await?;
+        Ok(held == 1)
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
