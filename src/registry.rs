@@ -129,6 +129,9 @@ impl Registry {
                 )
                 .into());
             }
+            engine.check_policy_spec(&spec).map_err(|e| {
+                ConfigError::new(&config.source_name, format!("policies.{name}"), e)
+            })?;
             let policy = Policy::new(&name, spec, engine, 1);
             registry
                 .inner

@@ -28,7 +28,7 @@ pub(crate) use signal::{Listening, ReleaseListener};
 pub use signal::{ReleaseHub, ReleaseSignal};
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use wire::max_wait_arg;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use wire::policy_window_args;
 pub use wire::{script_args, RateArgs};
 
@@ -371,6 +371,13 @@ pub trait Engine: Send + Sync + Debug + 'static {
     /// A registry refuses, naming the store, a policy on one that does not.
     fn runs_policies(&self) -> bool {
         false
+    }
+
+    /// Whether this engine can hold `spec`'s state (a store that forgets
+    /// keys, or holds a key in one bounded value, sets limits); `Err` says
+    /// what to change. The registry asks when it builds the policy.
+    fn check_policy_spec(&self, _spec: &crate::policy::PolicySpec) -> Result<(), String> {
+        Ok(())
     }
 
     /// One policy check on `ctx.key` (docs/design.md, Policies): the key's

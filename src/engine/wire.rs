@@ -8,15 +8,15 @@
     allow(dead_code, unused_imports)
 )]
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 use super::PolicyOutcome;
 use super::{BatchReservation, ConcurrencyState, LeaseOutcome, RateState, Reservation};
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 use crate::counter::Counts;
 use crate::gcra::Gcra;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 use crate::policy::decide::{self, WindowCell};
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 use crate::policy::rule::{WindowAction, WindowAlgorithm, WindowRule};
 use crate::quota::RateSpec;
 use crate::units::{from_micros, micros, micros_to_nanos, nanos_to_micros_up};
@@ -220,7 +220,7 @@ impl ConcurrencyState {
 /// p2, p3, action, block_us)` (the script's header documents each); kinds 1
 /// and 2 are [`RateArgs`], kind 3 a counted window with its slot width in
 /// µs rounded up.
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn policy_window_args(rule: &WindowRule) -> [i64; 6] {
     let (kind, p1, p2, p3) = match &rule.algorithm {
         WindowAlgorithm::Rate(r) => {
@@ -244,7 +244,7 @@ pub(crate) fn policy_window_args(rule: &WindowRule) -> [i64; 6] {
 
 /// `rule` as a store counting whole microseconds enforces it (its
 /// intervals rounded up), so outcomes are computed with the store's numbers.
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 fn enforced_rule(rule: &WindowRule) -> WindowRule {
     let algorithm = match &rule.algorithm {
         WindowAlgorithm::Rate(r) => WindowAlgorithm::Rate(RateArgs::of(r).as_enforced(r)),
@@ -259,12 +259,13 @@ fn enforced_rule(rule: &WindowRule) -> WindowRule {
     }
 }
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
 impl PolicyOutcome {
-    /// Decodes what `policy.lua` answers (see its header): the ban, the
+    /// Decodes what `policy.lua` and the `policy_check` function answer (see its header): the ban, the
     /// server's time, each window's fit and state after the check; the
     /// outcome is computed in Rust from that state, as the memory engine
     /// computes it ([`crate::policy::decide`]).
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "postgres"))]
     pub(crate) fn from_wire(
         rules: &[WindowRule],
         ban_us: i64,

@@ -44,9 +44,11 @@ pub use settings::{MAX_CONCURRENT, MAX_WINDOW_LIMIT};
 use super::stripes::KeyStripes;
 use super::{
     within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
+    PolicyCheck, PolicyOutcome, RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal,
+    Reservation,
 };
 use crate::config::store::StoreConfig;
+use crate::policy::{decide as policy, PolicySpec};
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::units::nanos;
 
@@ -584,6 +586,57 @@ impl Engine for NatsEngine {
             status.values(),
             self.max_age.as_secs_f64()
         ))
+    }
+
+    fn runs_policies(&self) -> bool {
+        true
+    }
+
+    fn check_policy_spec(&self, spec: &PolicySpec) -> Result<(), String> {
+        settings::check_policy(spec, self.max_age)
+    }
+
+    /// One compare-and-set: the ban and every window of the key live in
+    /// one value, decided in Rust ([`crate::policy::decide`]) on the state
+    /// that won.
+    async fn check_policy(
+        &self,
+        ctx: Ctx<'_>,
+        check: &PolicyCheck<'_>,
+    ) -> Result<PolicyOutcome, BackendError> {
+        let key = self.key("p", &ctx);
+        let check = *check;
+        self.decide(&ctx, &key, move |state, now| {
+            let mut cell = state.into_policy();
+            let before = cell.clone();
+            let out =
+                policy::measure_and_replace(check.rules, &mut cell, now, check.cost, check.shadow);
+            if check.commit && cell != before && (out.counted || out.ban_started) {
+                Step::Write(State::Policy(cell), out)
+            } else {
+                Step::Keep(out)
+            }
+        })
+        .await
+    }
+
+    async fn set_ban(
+        &self,
+        ctx: Ctx<'_>,
+        duration: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let key = self.key("p", &ctx);
+        self.decide(&ctx, &key, move |state, now| {
+            let mut cell = state.into_policy();
+            let held = cell.banned_until > now;
+            match duration {
+                Some(d) => cell.banned_until = cell.banned_until.max(now.saturating_add(nanos(d))),
+                None if held => cell.banned_until = 0,
+                None => return Step::Keep(false),
+            }
+            Step::Write(State::Policy(cell), held)
+        })
+        .await
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {

@@ -2,8 +2,10 @@
 
 use crate::config::store::{SettingError, StoreConfig};
 use crate::duration::{seconds, Range};
+use crate::policy::{PolicySpec, WindowAlgorithm};
 use crate::quota::{LimiterSpec, RateSpec};
 use crate::secret::redact;
+use std::time::Duration;
 
 /// NATS engine settings: a `nats://` or `tls://` url, a bucket and key
 /// prefix that are valid NATS names, at least one CAS attempt, and a max age.
@@ -92,6 +94,47 @@ pub(crate) fn check_limiter(spec: &LimiterSpec, store: &StoreConfig) -> Result<(
                     "must be at most {MAX_CONCURRENT} with store `{}` (engine nats keeps a key's holders in one value under the 1 MiB payload limit), got {}",
                     spec.store, c.max
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The most a policy key's value may hold, under the server's 1 MiB
+/// payload limit with room for the entry's headers.
+pub const MAX_POLICY_VALUE: usize = 900 * 1024;
+
+/// A policy on a NATS store: its bans and windows must outlive no key the
+/// bucket forgets (an untouched key vanishes after `max_age`, which would
+/// lift a ban or empty a window early), and a key's windows must fit in
+/// one value.
+pub(crate) fn check_policy(spec: &PolicySpec, max_age: Duration) -> Result<(), String> {
+    for (tier, rules) in
+        std::iter::once((None, &spec.windows)).chain(spec.tiers.iter().map(|(t, r)| (Some(t), r)))
+    {
+        let at = tier.map_or(String::new(), |t| format!(" (tier {t})"));
+        for r in rules {
+            let lives = r.window.max(r.block);
+            if lives > max_age {
+                return Err(format!(
+                    "window `{}`{at} keeps state for {:.0} s (its window or block_duration), longer than this NATS store keeps an untouched key (max_age_seconds = {:.0}); raise max_age_seconds",
+                    r.name,
+                    lives.as_secs_f64(),
+                    max_age.as_secs_f64()
+                ));
+            }
+        }
+        let bytes: usize = rules
+            .iter()
+            .map(|r| match &r.algorithm {
+                WindowAlgorithm::Rate(RateSpec::SlidingWindow(w)) => 5 + 8 * w.limit() as usize,
+                WindowAlgorithm::Counted(c) => 13 + 4 * c.span() as usize,
+                WindowAlgorithm::Rate(RateSpec::TokenBucket(_)) => 9,
+            })
+            .sum();
+        if bytes > MAX_POLICY_VALUE {
+            return Err(format!(
+                "its windows{at} keep up to {bytes} bytes per key, more than one NATS value holds ({MAX_POLICY_VALUE}); lower the exact sliding_window limits or use sliding_counter"
             ));
         }
     }

@@ -6,11 +6,16 @@
 //! kind 1     u64 TAT (ns, server time)
 //! kind 2     u32 n, then n x u64 grant times (ns)
 //! kind 3     u32 n, then n x (u64 expiry ns, u8 holder length, holder bytes)
+//! kind 4     a policy key: u64 ban end (ns, 0: none), u16 n windows, then
+//!            per window a u8 tag and its state: 1 u64 TAT (0: none),
+//!            2 u32 n + n x u64 grant times, 3 u64 first slot + u32 n +
+//!            n x u32 counts
 //! ```
 //!
 //! Integers are little-endian. An absent or deleted key is the empty state.
 
 use crate::lease::Lease;
+use crate::policy::decide::{PolicyCell, WindowCell};
 use crate::quota::{RateCell, RateSpec};
 use std::collections::VecDeque;
 
@@ -38,6 +43,8 @@ pub enum State {
         /// Current holders and when their leases run out.
         leases: Vec<Lease>,
     },
+    /// A policy key: its ban and its windows.
+    Policy(PolicyCell),
 }
 
 /// Why stored bytes could not be read.
@@ -125,6 +132,37 @@ impl State {
                 }
                 State::Leases { leases }
             }
+            4 => {
+                let banned_until = r.u64()?;
+                let [a, b] = r.take::<2>()?;
+                let n = u16::from_le_bytes([a, b]);
+                let mut windows = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    let mut w = WindowCell::default();
+                    match r.take::<1>()? {
+                        [1] => w.rate.tat = Some(r.u64()?).filter(|&t| t > 0),
+                        [2] => {
+                            let n = r.u32()? as usize;
+                            for _ in 0..n {
+                                w.rate.grants.push_back(r.u64()?);
+                            }
+                        }
+                        [3] => {
+                            w.counts.first = r.u64()?;
+                            let n = r.u32()? as usize;
+                            for _ in 0..n {
+                                w.counts.counts.push_back(r.u32()?);
+                            }
+                        }
+                        _ => return Err(DecodeError::Malformed),
+                    }
+                    windows.push(w);
+                }
+                State::Policy(PolicyCell {
+                    banned_until,
+                    windows,
+                })
+            }
             _ => return Err(DecodeError::Malformed),
         };
         Ok(state)
@@ -157,6 +195,31 @@ impl State {
                     out.extend_from_slice(h);
                 }
             }
+            State::Policy(cell) => {
+                out.push(4);
+                out.extend_from_slice(&cell.banned_until.to_le_bytes());
+                let n = cell.windows.len().min(usize::from(u16::MAX));
+                out.extend_from_slice(&(n as u16).to_le_bytes());
+                for w in &cell.windows[..n] {
+                    if !w.counts.counts.is_empty() {
+                        out.push(3);
+                        out.extend_from_slice(&w.counts.first.to_le_bytes());
+                        out.extend_from_slice(&(w.counts.counts.len() as u32).to_le_bytes());
+                        for c in &w.counts.counts {
+                            out.extend_from_slice(&c.to_le_bytes());
+                        }
+                    } else if !w.rate.grants.is_empty() {
+                        out.push(2);
+                        out.extend_from_slice(&(w.rate.grants.len() as u32).to_le_bytes());
+                        for g in &w.rate.grants {
+                            out.extend_from_slice(&g.to_le_bytes());
+                        }
+                    } else {
+                        out.push(1);
+                        out.extend_from_slice(&w.rate.tat.unwrap_or(0).to_le_bytes());
+                    }
+                }
+            }
         }
         out
     }
@@ -181,6 +244,14 @@ impl State {
             (RateSpec::SlidingWindow(_), _) => State::Window {
                 grants: cell.grants,
             },
+        }
+    }
+
+    /// A policy key's state (empty for any other state).
+    pub fn into_policy(self) -> PolicyCell {
+        match self {
+            State::Policy(cell) => cell,
+            _ => PolicyCell::default(),
         }
     }
 
@@ -217,6 +288,33 @@ mod tests {
                     },
                 ],
             },
+            State::Policy(PolicyCell {
+                banned_until: 42,
+                windows: vec![
+                    WindowCell::default(),
+                    WindowCell {
+                        rate: RateCell {
+                            tat: Some(7),
+                            grants: VecDeque::new(),
+                        },
+                        ..WindowCell::default()
+                    },
+                    WindowCell {
+                        rate: RateCell {
+                            tat: None,
+                            grants: [3, 4].into_iter().collect(),
+                        },
+                        ..WindowCell::default()
+                    },
+                    WindowCell {
+                        counts: crate::counter::Counts {
+                            first: 9,
+                            counts: [0, 2, 5].into_iter().collect(),
+                        },
+                        ..WindowCell::default()
+                    },
+                ],
+            }),
         ];
         for s in states {
             assert_eq!(State::decode(&s.encode()), Ok(s));

@@ -30,11 +30,12 @@ use schema::{migrate, spawn_sweeper, sweep_all};
 use tls::{tls_for, Tls};
 
 use super::stripes::KeyStripes;
-use super::{max_wait_arg, script_args, within};
+use super::{max_wait_arg, policy_window_args, script_args, within};
 use super::{
     AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
     RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
+use super::{PolicyCheck, PolicyOutcome};
 use crate::config::store::StoreConfig;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::units::micros;
@@ -81,6 +82,8 @@ struct Statements {
     lease_state: String,
     sweep: String,
     reset: String,
+    policy_check: String,
+    policy_ban: String,
 }
 
 impl Statements {
@@ -102,6 +105,10 @@ impl Statements {
             lease_state: format!("SELECT now_us, holders, first_expiry FROM {s}.lease_state($1)"),
             sweep: format!("SELECT {s}.sweep($1)"),
             reset: format!("SELECT {s}.reset($1)"),
+            policy_check: format!(
+                "SELECT ban_us, ban_started, now_us, fit, tat, grants, first_slot, counts FROM {s}.policy_check($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ),
+            policy_ban: format!("SELECT {s}.policy_ban($1, $2)"),
         }
     }
 }
@@ -217,6 +224,27 @@ impl PostgresEngine {
             let client = self.pool.get().await.map_err(backend)?;
             let stmt = client.prepare_cached(sql).await.map_err(backend)?;
             client.query_one(&stmt, params).await.map_err(backend)
+        })
+        .await
+    }
+
+    /// Like [`one`](Self::one), for a statement answering any number of
+    /// rows, with at most one such statement per key of `keys` in flight
+    /// from this process (see [`one_per_key`](Self::one_per_key)).
+    async fn rows_per_key(
+        &self,
+        keys: &[&str],
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, BackendError> {
+        let _turns = within(ENGINE, self.timeout, async {
+            Ok(self.stripes.turn(keys).await)
+        })
+        .await?;
+        within(ENGINE, self.timeout, async {
+            let client = self.pool.get().await.map_err(backend)?;
+            let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+            client.query(&stmt, params).await.map_err(backend)
         })
         .await
     }
@@ -448,6 +476,85 @@ impl Engine for PostgresEngine {
             self.schema,
             schema::MIGRATIONS.len()
         ))
+    }
+
+    fn runs_policies(&self) -> bool {
+        true
+    }
+
+    async fn check_policy(
+        &self,
+        ctx: Ctx<'_>,
+        check: &PolicyCheck<'_>,
+    ) -> Result<PolicyOutcome, BackendError> {
+        let key = self.key(&ctx);
+        let mut wins = Vec::new();
+        let mut cols: [Vec<i64>; 6] = Default::default();
+        for rule in check.rules {
+            let args = policy_window_args(rule);
+            wins.push(format!("p{}:{}", args[0], rule.name));
+            for (col, a) in cols.iter_mut().zip(args) {
+                col.push(a);
+            }
+        }
+        let kinds: Vec<i32> = cols[0].iter().map(|&k| k as i32).collect();
+        let actions: Vec<i32> = cols[4].iter().map(|&a| a as i32).collect();
+        let cost = i32::try_from(check.cost).unwrap_or(i32::MAX);
+        let rows = self
+            .rows_per_key(
+                &[&key],
+                &self.sql.policy_check,
+                &[
+                    &key,
+                    &wins,
+                    &kinds,
+                    &cols[1],
+                    &cols[2],
+                    &cols[3],
+                    &actions,
+                    &cols[5],
+                    &cost,
+                    &check.shadow,
+                    &check.commit,
+                ],
+            )
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| BackendError::new(ENGINE, "policy_check answered no row"))?;
+        let (ban, started, now): (i64, bool, i64) = (first.get(0), first.get(1), first.get(2));
+        if ban > 0 && !started {
+            return Ok(PolicyOutcome::banned(crate::units::from_micros(ban)));
+        }
+        let mut fits = Vec::with_capacity(rows.len());
+        let mut states = Vec::with_capacity(rows.len());
+        for (row, rule) in rows.iter().zip(check.rules) {
+            fits.push(row.get::<_, i64>(3));
+            states.push(match policy_window_args(rule)[0] {
+                1 => vec![row.get::<_, i64>(4)],
+                2 => row.get::<_, Vec<i64>>(5),
+                _ => {
+                    let mut s = vec![row.get::<_, i64>(6)];
+                    s.extend(row.get::<_, Vec<i64>>(7));
+                    s
+                }
+            });
+        }
+        PolicyOutcome::from_wire(check.rules, ban, started, now, &fits, &states)
+            .map_err(|e| BackendError::new(ENGINE, e))
+    }
+
+    async fn set_ban(
+        &self,
+        ctx: Ctx<'_>,
+        duration: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let key = self.key(&ctx);
+        let len = duration.map_or(-1, micros);
+        let row = self
+            .one_per_key(&[&key], &self.sql.policy_ban, &[&key, &len])
+            .await?;
+        Ok(row.get(0))
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {

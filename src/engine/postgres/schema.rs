@@ -17,6 +17,10 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("../../../engines/postgres/005_coalescing.sql"),
     ),
+    (
+        6,
+        include_str!("../../../engines/postgres/006_policies.sql"),
+    ),
 ];
 
 /// Idle rows deleted per table by one sweep call; a sweep repeats while full.
