@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod bench;
+mod policy;
 mod worker;
 
 /// A command-line number of seconds (`--timeout 2.5`), checked like every
@@ -92,6 +93,50 @@ enum Command {
         /// A per-key limiter of it.
         #[arg(long)]
         key: Option<String>,
+    },
+    /// Dry-run one policy decision (consumes nothing, bans nobody) and
+    /// print it with its headers; exit 2 when the request would be refused.
+    Eval {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+        /// The request's key (put in every key part of the policy; an
+        /// address also counts as the client's IP).
+        #[arg(long)]
+        key: String,
+        /// The request's cost [default: the policy's `cost`].
+        #[arg(long = "count", short = 'n')]
+        count: Option<u32>,
+        /// The client's tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban a key of a policy on every host sharing its store.
+    Block {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+        /// The key (as for `eval`).
+        #[arg(long)]
+        key: String,
+        /// How long, in seconds (or 90s, 15m, 1h, 1d).
+        #[arg(long, value_parser = seconds_arg)]
+        duration: f64,
+        /// Why, for the log.
+        #[arg(long, default_value = "ratesync block")]
+        reason: String,
+    },
+    /// Lift a key's ban.
+    Unblock {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+        /// The key (as for `eval`).
+        #[arg(long)]
+        key: String,
     },
     /// Show a limiter's state without consuming anything.
     State {
@@ -229,6 +274,31 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Eval {
+            policy,
+            key,
+            count,
+            tier,
+            json,
+        } => {
+            let registry = Registry::from_config(config).await?;
+            let code = policy::eval(&registry, &policy, &key, count, tier.as_deref(), json).await;
+            registry.close().await;
+            code
+        }
+        Command::Block {
+            policy,
+            key,
+            duration,
+            reason,
+        } => {
+            let registry = Registry::from_config(config).await?;
+            policy::block(&registry, &policy, &key, Some(duration), &reason).await
+        }
+        Command::Unblock { policy, key } => {
+            let registry = Registry::from_config(config).await?;
+            policy::block(&registry, &policy, &key, None, "").await
+        }
         Command::Worker(args) => {
             let registry = Registry::from_config(config).await?;
             worker::run(registry, args).await?;
@@ -313,6 +383,13 @@ async fn check(config: &Config, offline: bool) -> worker::Result<ExitCode> {
     }
     for (name, l) in &config.limiters {
         println!("  limiter {name}: {} (store {})", describe(l), l.store);
+    }
+    for (name, p) in &config.policies {
+        println!(
+            "  policy  {name}: {} (store {})",
+            policy::describe(p),
+            p.store
+        );
     }
     match &config.alerts {
         None => println!("  alerts: none ([alerts] absent)"),

@@ -9,6 +9,7 @@
 
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use ratesync::policy::{Policy, Request};
 use ratesync::{Limiter, Registry};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -33,8 +34,14 @@ pub enum Mode {
 /// Arguments of `ratesync worker`.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// The limiter's name in the configuration.
+    /// The limiter's name in the configuration (with `--policy`, the policy's).
     pub limiter: String,
+    /// Check a policy instead: each call is `policy.check` of a request
+    /// whose key is `--key` (or `k0`, `k1`, ... with `--keys`), never
+    /// waiting; a grant is an admitted request, its slot the store's time
+    /// of the decision.
+    #[arg(long)]
+    pub policy: bool,
     /// Use this per-key limiter of it.
     #[arg(long)]
     pub key: Option<String>,
@@ -199,8 +206,30 @@ async fn bump_async(path: &Option<PathBuf>, delta: i64) -> Result<i64> {
     Ok(value)
 }
 
+/// What a worker's tasks ask: limiters (one per key), or a policy and one
+/// request per key.
+enum Target {
+    Limiters(Vec<Limiter>),
+    Policy(Policy, Vec<Request>),
+}
+
+impl Target {
+    fn keys(&self) -> usize {
+        match self {
+            Target::Limiters(l) => l.len(),
+            Target::Policy(_, r) => r.len(),
+        }
+    }
+}
+
+/// What a granted call holds: a permit to release, or a policy's admission.
+enum Got {
+    Permit(ratesync::Permit),
+    Admitted { at_us: Option<u64> },
+}
+
 async fn run_task(
-    limiters: Arc<Vec<Limiter>>,
+    target: Arc<Target>,
     index: usize,
     args: Arc<WorkerArgs>,
     deadline: Instant,
@@ -223,8 +252,7 @@ async fn run_task(
             let _ = f.write_all(line.as_bytes());
         }
     };
-    let key = index % limiters.len();
-    let limiter = &limiters[key];
+    let key = index % target.keys();
     let hold = Duration::from_secs_f64(args.hold_ms.max(0.0) / 1e3);
     let backoff = Duration::from_secs_f64(args.backoff_ms.max(0.0) / 1e3);
     let max_per_task = args.max_records.map(|m| m.div_ceil(args.tasks.max(1)));
@@ -241,7 +269,16 @@ async fn run_task(
             tokio::task::yield_now().await;
         }
         let attempt = async {
-            match args.mode {
+            let limiter = match &*target {
+                Target::Policy(p, requests) => {
+                    let d = p.check(&requests[key]).await?;
+                    return Ok(d.allowed.then_some(Got::Admitted {
+                        at_us: d.decided_at_us,
+                    }));
+                }
+                Target::Limiters(l) => &l[key],
+            };
+            let permit = match args.mode {
                 Mode::Try => limiter.try_acquire_n(args.cost).await,
                 Mode::Acquire => match args.timeout {
                     Some(t) => limiter
@@ -250,20 +287,21 @@ async fn run_task(
                         .map(Some),
                     None => limiter.acquire_n(args.cost).await.map(Some),
                 },
-            }
+            };
+            permit.map(|p| p.map(Got::Permit))
         };
-        let outcome = match args.mode {
+        let outcome = match (args.mode, &*target) {
             // Never waits: no deadline timer to arm on every call.
-            Mode::Try => attempt.await,
-            Mode::Acquire => tokio::select! {
+            (Mode::Try, _) | (_, Target::Policy(..)) => attempt.await,
+            (Mode::Acquire, _) => tokio::select! {
                 r = attempt => r,
                 _ = tokio::time::sleep_until(deadline) => break,
             },
         };
         let latency = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
         tally.latency_us.saturating_record(latency.max(1));
-        let permit = match outcome {
-            Ok(Some(p)) => p,
+        let got = match outcome {
+            Ok(Some(g)) => g,
             Ok(None) => {
                 tally.refusals += 1;
                 if !backoff.is_zero() {
@@ -287,7 +325,7 @@ async fn run_task(
         };
         let held_from_us = unix_us();
         note(format!("{{\"start\":{held_from_us},\"task\":{index}}}\n"));
-        if let Mode::Acquire = args.mode {
+        if let (Mode::Acquire, Got::Permit(permit)) = (args.mode, &got) {
             let late = u64::try_from(permit.overshoot().as_micros()).unwrap_or(u64::MAX);
             tally.overshoot_us.saturating_record(late);
         }
@@ -305,7 +343,11 @@ async fn run_task(
         note(format!(
             "{{\"end\":{held_to_us},\"start\":{held_from_us},\"task\":{index}}}\n"
         ));
-        let slot_us = permit.slot_unix_us().unwrap_or(held_from_us);
+        let slot_us = match &got {
+            Got::Permit(p) => p.slot_unix_us(),
+            Got::Admitted { at_us } => *at_us,
+        }
+        .unwrap_or(held_from_us);
         tally.granted += 1;
         *tally.bins.entry(slot_us / 100_000).or_default() += 1;
         if max_per_task.is_none_or(|max| tally.grants.len() < max) {
@@ -317,9 +359,11 @@ async fn run_task(
                 key,
             });
         }
-        if let Err(e) = permit.release().await {
-            tracing::warn!(error = %e, "worker: release failed");
-            tally.errors += 1;
+        if let Got::Permit(permit) = got {
+            if let Err(e) = permit.release().await {
+                tracing::warn!(error = %e, "worker: release failed");
+                tally.errors += 1;
+            }
         }
     }
     Ok(tally)
@@ -327,11 +371,31 @@ async fn run_task(
 
 /// Runs the worker; the summary goes to standard error as one JSON object.
 pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
-    let parent = registry.limiter(&args.limiter)?;
-    let limiters: Vec<Limiter> = match (&args.key, args.keys) {
-        (Some(k), _) => vec![parent.key(k)],
-        (None, Some(n)) => (0..n.max(1)).map(|i| parent.key(format!("k{i}"))).collect(),
-        (None, None) => vec![parent.clone()],
+    let names: Vec<String> = match (&args.key, args.keys) {
+        (Some(k), _) => vec![k.clone()],
+        (None, Some(n)) => (0..n.max(1)).map(|i| format!("k{i}")).collect(),
+        (None, None) => Vec::new(),
+    };
+    let (target, parent) = if args.policy {
+        let policy = registry.policy(&args.limiter)?;
+        let names = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names
+        };
+        let requests = names
+            .iter()
+            .map(|k| policy.request_for(k).cost(args.cost))
+            .collect();
+        (Target::Policy(policy, requests), None)
+    } else {
+        let parent = registry.limiter(&args.limiter)?;
+        let limiters = if names.is_empty() {
+            vec![parent.clone()]
+        } else {
+            names.iter().map(|k| parent.key(k)).collect()
+        };
+        (Target::Limiters(limiters), Some(parent))
     };
     if let Some(at) = args.start_at_ms {
         let now_ms = unix_us() / 1000;
@@ -342,9 +406,9 @@ pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
     let started_us = unix_us();
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration.max(0.0));
     let args = Arc::new(args);
-    let limiters = Arc::new(limiters);
+    let target = Arc::new(target);
     let handles: Vec<_> = (0..args.tasks.max(1))
-        .map(|i| tokio::spawn(run_task(limiters.clone(), i, args.clone(), deadline)))
+        .map(|i| tokio::spawn(run_task(target.clone(), i, args.clone(), deadline)))
         .collect();
     let mut total = Tally::new();
     let mut task_grants = Vec::new();
@@ -372,7 +436,7 @@ pub async fn run(registry: Registry, args: WorkerArgs) -> Result<()> {
         None => write(&mut BufWriter::new(std::io::stdout().lock())),
     };
     written.map_err(|e| format!("writing grants: {e}"))?;
-    let m = parent.metrics();
+    let m = parent.map(|p| p.metrics()).unwrap_or_default();
     eprintln!(
         r#"{{"worker":{pid},"started_us":{started_us},"ended_us":{ended_us},"grants":{},"recorded":{},"refusals":{},"errors":{},"cas_exhausted":{},"backend_errors":{},"cas_failures":{},"coalesced":{},"latency_us":{},"overshoot_us":{},"bins_100ms":{},"task_grants":[{}]}}"#,
         total.granted,

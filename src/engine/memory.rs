@@ -420,20 +420,16 @@ impl Engine for MemoryEngine {
                 .get(ctx.key)
                 .and_then(|e| e.policy.as_deref().cloned())
                 .unwrap_or_default();
-            return Ok(policy::measure_and_replace(
-                check.rules,
-                &mut cell,
-                now,
-                check.cost,
-                check.shadow,
-            ));
+            let out =
+                policy::measure_and_replace(check.rules, &mut cell, now, check.cost, check.shadow);
+            return Ok(out.at(self.unix_us_at(now)));
         }
         let entry = shard.entry(ctx.key, now);
         let cell = entry.policy.get_or_insert_with(Box::default);
         let out = policy::measure_and_replace(check.rules, cell, now, check.cost, check.shadow);
         let keep = policy::idle_after_ns(check.rules, cell, now);
         entry.keep_for(keep, now);
-        Ok(out)
+        Ok(out.at(self.unix_us_at(now)))
     }
 
     async fn set_ban(

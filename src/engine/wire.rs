@@ -275,7 +275,9 @@ impl PolicyOutcome {
         states: &[Vec<i64>],
     ) -> Result<Self, String> {
         if ban_us > 0 && !ban_started {
-            return Ok(PolicyOutcome::banned(from_micros(ban_us)));
+            return Ok(
+                PolicyOutcome::banned(from_micros(ban_us)).at(u64::try_from(now_us).unwrap_or(0))
+            );
         }
         if fits_us.len() != rules.len() || states.len() != rules.len() {
             return Err(format!(
@@ -329,6 +331,7 @@ impl PolicyOutcome {
         } else {
             0
         };
-        Ok(decide::report(&rules, &mut cells, now, &fits, ban_ns))
+        Ok(decide::report(&rules, &mut cells, now, &fits, ban_ns)
+            .at(u64::try_from(now_us).unwrap_or(0)))
     }
 }

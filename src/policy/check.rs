@@ -157,6 +157,7 @@ impl Policy {
             tier: tier.map(str::to_string),
             config_version: self.shared.version,
             degraded: false,
+            decided_at_us: None,
             windows: Vec::new(),
             style: self.shared.spec.headers,
         }
@@ -164,6 +165,7 @@ impl Policy {
 
     /// Fills `d` from the store's outcome.
     fn apply(&self, d: &mut Decision, rules: &[WindowRule], out: &PolicyOutcome, shadow: bool) {
+        d.decided_at_us = out.at_unix_us;
         d.windows = rules
             .iter()
             .zip(&out.windows)

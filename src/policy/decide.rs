@@ -70,6 +70,8 @@ pub struct PolicyOutcome {
     /// Each window's finding, in the rules' order (empty when a ban
     /// refused the request before any window was asked).
     pub windows: Vec<WindowOutcome>,
+    /// When the store decided, on its clock (Unix µs), where it says.
+    pub at_unix_us: Option<u64>,
 }
 
 /// The decision (see the module docs) on `cell` at `now` (engine ns).
@@ -114,7 +116,14 @@ impl PolicyOutcome {
             ban_started: false,
             counted: false,
             windows: Vec::new(),
+            at_unix_us: None,
         }
+    }
+
+    /// This outcome, decided at `at_unix_us` on the store's clock.
+    pub(crate) fn at(mut self, at_unix_us: u64) -> Self {
+        self.at_unix_us = Some(at_unix_us);
+        self
     }
 }
 
@@ -159,6 +168,7 @@ pub(crate) fn report(
         ban_started: ban_ns > 0,
         counted: !refuses(rules, fits),
         windows: outcomes,
+        at_unix_us: None,
     }
 }
 

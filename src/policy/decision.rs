@@ -51,6 +51,18 @@ pub enum HeaderStyle {
     None,
 }
 
+impl HeaderStyle {
+    /// The name the configuration uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::Both => "both",
+            HeaderStyle::Draft => "draft",
+            HeaderStyle::Legacy => "legacy",
+            HeaderStyle::None => "none",
+        }
+    }
+}
+
 /// One window's part in a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WindowReport {
@@ -118,6 +130,9 @@ pub struct Decision {
     pub config_version: u64,
     /// The store failed and the policy fails open: admitted undecided.
     pub degraded: bool,
+    /// When the store decided, on its clock (Unix µs), where it says: one
+    /// clock for every host sharing the store.
+    pub decided_at_us: Option<u64>,
     /// Every window's part, in the policy's order.
     pub windows: Vec<WindowReport>,
     /// The headers the policy sends.

@@ -94,6 +94,16 @@ pub enum PolicyMode {
     Monitor,
 }
 
+impl PolicyMode {
+    /// The name the configuration uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Monitor => "monitor",
+        }
+    }
+}
+
 /// A policy, validated: what [`crate::Registry`] builds a
 /// [`Policy`](super::Policy) from.
 #[derive(Debug, Clone, PartialEq)]

@@ -540,3 +540,17 @@ fn weighted_requests_keep_the_limit_in_tokens() {
     let _serial = serial();
     scenarios::weighted_requests_keep_the_limit_in_tokens(&NATS);
 }
+
+#[test]
+fn policy_windows_hold_across_processes() {
+    require!(nats_url());
+    let _serial = serial();
+    scenarios::policy_windows_hold_across_processes(&NATS);
+}
+
+#[test]
+fn a_ban_holds_in_every_process() {
+    require!(nats_url());
+    let _serial = serial();
+    scenarios::a_ban_holds_in_every_process(&NATS);
+}

@@ -456,3 +456,17 @@ fn weighted_requests_keep_the_limit_in_tokens() {
     let _serial = serial();
     scenarios::weighted_requests_keep_the_limit_in_tokens(&POSTGRES);
 }
+
+#[test]
+fn policy_windows_hold_across_processes() {
+    require_postgres!();
+    let _serial = serial();
+    scenarios::policy_windows_hold_across_processes(&POSTGRES);
+}
+
+#[test]
+fn a_ban_holds_in_every_process() {
+    require_postgres!();
+    let _serial = serial();
+    scenarios::a_ban_holds_in_every_process(&POSTGRES);
+}

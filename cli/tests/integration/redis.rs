@@ -447,3 +447,17 @@ fn a_registry_dropped_at_shutdown_neither_hangs_nor_panics() {
     require_redis!();
     scenarios::a_registry_dropped_at_shutdown_neither_hangs_nor_panics(&REDIS);
 }
+
+#[test]
+fn policy_windows_hold_across_processes() {
+    require_redis!();
+    let _serial = serial();
+    scenarios::policy_windows_hold_across_processes(&REDIS);
+}
+
+#[test]
+fn a_ban_holds_in_every_process() {
+    require_redis!();
+    let _serial = serial();
+    scenarios::a_ban_holds_in_every_process(&REDIS);
+}

@@ -845,3 +845,108 @@ pub fn a_registry_dropped_at_shutdown_neither_hangs_nor_panics(t: &Target) {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A policy of three windows (an exact second, a sliding counter over four
+/// seconds, a shadow minute) on one key from 3 processes x 8 tasks: every
+/// window holds over the store's decision times, and the shadow window
+/// refuses nothing.
+pub fn policy_windows_hold_across_processes(t: &Target) {
+    let dir = scratch("policy");
+    let config = write_config(
+        &dir,
+        &t.config(
+            "policy",
+            "[policies.api]\nstore = \"s\"\nkey = \"api_key\"\nwindows = [\n{ window = \"1s\", limit = 25, name = \"second\" },\n{ window = \"4s\", limit = 60, algorithm = \"sliding_counter\", name = \"four\" },\n{ window = \"1m\", limit = 10, action = \"monitor\", name = \"shadow\" },\n]\n",
+        ),
+    );
+    let mut opts = WorkerOpts::new("api", 8, 5.0);
+    opts.mode = "try";
+    opts.key = Some("hot".into());
+    opts.policy = true;
+    let workers = spawn_workers(&config, &dir, 3, &opts, start_soon());
+    let (grants, _) = collect(workers);
+    let per_second = max_in_window(&grants, 1_000_000);
+    let per_four = max_in_window(&grants, 4_000_000);
+    println!(
+        "{} policy of 3 windows, 3 procs x 8 tasks, 5 s on one key: {} admitted, most in any 1 s {per_second} (allowed 25), in any 4 s {per_four} (allowed 60)",
+        t.label,
+        grants.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(per_second <= 25, "{per_second} in one second");
+    assert!(per_four <= 60, "{per_four} in four seconds");
+    // The shadow window's limit of 10 refused nothing; the 4 s window was filled.
+    assert!(grants.len() >= 60, "only {} admitted", grants.len());
+}
+
+/// A ban set by one process (`ratesync block`, or a full `block` window)
+/// refuses the key in another process at once, and lifts after its
+/// duration; another key is untouched.
+pub fn a_ban_holds_in_every_process(t: &Target) {
+    let dir = scratch("ban");
+    let config = write_config(
+        &dir,
+        &t.config(
+            "ban",
+            "[policies.api]\nstore = \"s\"\nkey = \"user\"\nwindows = [{ window = \"1h\", limit = 2, action = \"block\", block_duration = \"2s\" }]\n",
+        ),
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(ratesync_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run ratesync");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let eval = |key: &str| run(&["eval", "--policy", "api", "--key", key]);
+    // A third request from a worker process bans `mallory` for 2 s.
+    let mut opts = WorkerOpts::new("api", 1, 0.5);
+    opts.mode = "try";
+    opts.key = Some("mallory".into());
+    opts.policy = true;
+    let (grants, _) = collect(spawn_workers(&config, &dir, 1, &opts, start_soon()));
+    assert_eq!(grants.len(), 2, "the hour admits two");
+    let (code, out) = eval("mallory");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("block (refused)") && out.contains("retry after"),
+        "{out}"
+    );
+    assert_eq!(eval("alice").0, Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    // The ban is over; the hour is still full, so the next request bans again,
+    // but a dry run bans nobody: it reports the full window.
+    let (code, out) = eval("mallory");
+    assert!(
+        code == Some(2) && out.contains("window 1h: 0 of 2 left, full"),
+        "{out}"
+    );
+    // A ban by hand, from another process, holds everywhere until lifted.
+    let (code, out) = run(&[
+        "block",
+        "--policy",
+        "api",
+        "--key",
+        "alice",
+        "--duration",
+        "30",
+        "--reason",
+        "test",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = eval("alice");
+    assert!(code == Some(2) && out.contains("block (refused)"), "{out}");
+    let (code, out) = run(&["unblock", "--policy", "api", "--key", "alice"]);
+    assert!(code == Some(0) && out.contains("ban lifted"), "{out}");
+    assert_eq!(eval("alice").0, Some(0));
+    println!(
+        "{}: bans hold across processes and lift after block_duration",
+        t.label
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -139,6 +139,8 @@ pub struct WorkerOpts {
     pub holds: bool,
     /// Each request's weight (`--cost`).
     pub cost: u32,
+    /// `limiter` names a policy (`--policy`).
+    pub policy: bool,
 }
 
 impl WorkerOpts {
@@ -155,6 +157,7 @@ impl WorkerOpts {
             prefix: Vec::new(),
             holds: false,
             cost: 1,
+            policy: false,
         }
     }
 }
@@ -195,6 +198,9 @@ pub fn spawn_workers(
                 .stderr(Stdio::piped());
             if let Some(k) = &opts.key {
                 cmd.args(["--key", k]);
+            }
+            if opts.policy {
+                cmd.arg("--policy");
             }
             if let Some(c) = &opts.counter {
                 cmd.arg("--counter").arg(c);

@@ -610,7 +610,8 @@ impl Engine for NatsEngine {
             let mut cell = state.into_policy();
             let before = cell.clone();
             let out =
-                policy::measure_and_replace(check.rules, &mut cell, now, check.cost, check.shadow);
+                policy::measure_and_replace(check.rules, &mut cell, now, check.cost, check.shadow)
+                    .at(now / 1000);
             if check.commit && cell != before && (out.counted || out.ban_started) {
                 Step::Write(State::Policy(cell), out)
             } else {

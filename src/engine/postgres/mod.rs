@@ -524,7 +524,8 @@ impl Engine for PostgresEngine {
             .ok_or_else(|| BackendError::new(ENGINE, "policy_check answered no row"))?;
         let (ban, started, now): (i64, bool, i64) = (first.get(0), first.get(1), first.get(2));
         if ban > 0 && !started {
-            return Ok(PolicyOutcome::banned(crate::units::from_micros(ban)));
+            return Ok(PolicyOutcome::banned(crate::units::from_micros(ban))
+                .at(u64::try_from(now).unwrap_or(0)));
         }
         let mut fits = Vec::with_capacity(rows.len());
         let mut states = Vec::with_capacity(rows.len());
