@@ -25,6 +25,7 @@ pub fn spread(api: &Limiter, keys: usize) -> Vec<Limiter> {
 
 /// `calls` try_acquire spread over `tasks` tasks, task `i` on limiter
 /// `i % limiters.len()`; acquisitions per second.
+#[allow(dead_code)] // the policy bench derives its limiters per call
 pub async fn try_acquire_rate(limiters: &[Limiter], tasks: usize, calls: usize) -> f64 {
     let per_task = calls / tasks;
     let start = Instant::now();

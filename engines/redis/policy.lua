@@ -28,6 +28,7 @@ for i = 1, n do
   if kind == 3 then
     local counts, first, sum = counted_read(key, p2, p3, now)
     fits[i] = counted_retry(counts, first, sum, p1, p2, p3, now, cost)
+    plans[i] = {first, counts}
   elseif (kind == 1 and cost > p2) or (kind == 2 and cost > p1) then
     fits[i] = (kind == 1) and p1 * p2 or p2
   else
@@ -45,8 +46,11 @@ for i = 1, n do
       local slot = math.floor(now / p2)
       redis.call('HINCRBY', KEYS[1 + i], fmt(slot), cost)
       redis.call('PEXPIRE', KEYS[1 + i], math.ceil(((slot + w[i][4]) * p2 - now) / 1000) + 1000)
+      local counts = plans[i][2]
+      counts[#counts] = counts[#counts] + cost
     else
       commit(KEYS[1 + i], kind, p1, p2, now, now, plans[i], cost)
+      if kind == 1 then plans[i] = math.max(plans[i], now) + p1 * cost end
     end
   end
   if fits[i] > 0 and w[i][5] == 3 and not shadow and w[i][6] > ban_us then
@@ -56,19 +60,20 @@ end
 if commit_it and ban_us > 0 then
   redis.call('SET', KEYS[1], fmt(now + ban_us), 'PX', math.ceil(ban_us / 1000) + 1000)
 end
+-- The states as they now are: known here for buckets and counted windows,
+-- read back for exact windows.
 local states = {}
 for i = 1, n do
-  local kind, key = w[i][1], KEYS[1 + i]
+  local kind = w[i][1]
   if kind == 1 then
-    states[i] = {tonumber(redis.call('GET', key) or '0')}
+    states[i] = {plans[i] or tonumber(redis.call('GET', KEYS[1 + i]) or '0')}
   elseif kind == 2 then
     local s = {}
-    for _, g in ipairs(redis.call('LRANGE', key, 0, -1)) do s[#s + 1] = tonumber(g) end
+    for _, g in ipairs(redis.call('LRANGE', KEYS[1 + i], 0, -1)) do s[#s + 1] = tonumber(g) end
     states[i] = s
   else
-    local counts, first = counted_read(key, w[i][3], w[i][4], now)
-    local s = {first}
-    for j = 1, #counts do s[j + 1] = counts[j] end
+    local s = {plans[i][1]}
+    for j, c in ipairs(plans[i][2]) do s[j + 1] = c end
     states[i] = s
   end
 end

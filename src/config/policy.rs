@@ -297,14 +297,14 @@ fn validate_windows(
         {
             return Err(err(&here("name"), format!("{name:?}: a window name is 1 to 64 printable ASCII characters without quotes or backslashes (it goes into RateLimit headers)")));
         }
-        if out.iter().any(|o| o.name == name) {
+        if out.iter().any(|o| *o.name == *name) {
             return Err(err(
                 &here("name"),
                 format!("two windows are named `{name}`: give one a name = \"...\""),
             ));
         }
         out.push(WindowRule {
-            name,
+            name: name.into(),
             algorithm,
             action,
             block,

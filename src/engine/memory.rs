@@ -139,6 +139,27 @@ impl MemoryEngine {
         Reservation::of_decision(out, |wait| self.unix_us_at(now + wait))
     }
 
+    /// One policy check on `ctx.key`, in this process (see [`Engine::check_policy`]).
+    fn decide_policy(&self, ctx: Ctx<'_>, check: &PolicyCheck<'_>) -> PolicyOutcome {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key);
+        if !check.commit {
+            let mut cell = shard
+                .get(ctx.key)
+                .and_then(|e| e.policy.as_deref().cloned())
+                .unwrap_or_default();
+            let out =
+                policy::measure_and_replace(check.rules, &mut cell, now, check.cost, check.shadow);
+            return out.at(self.unix_us_at(now));
+        }
+        let entry = shard.entry(ctx.key, now);
+        let cell = entry.policy.get_or_insert_with(Box::default);
+        let out = policy::measure_and_replace(check.rules, cell, now, check.cost, check.shadow);
+        let keep = policy::idle_after_ns(check.rules, cell, now);
+        entry.keep_for(keep, now);
+        out.at(self.unix_us_at(now))
+    }
+
     /// Keys currently held (idle ones may linger until their shard is swept).
     pub fn len(&self) -> usize {
         self.shards
@@ -413,23 +434,11 @@ impl Engine for MemoryEngine {
         ctx: Ctx<'_>,
         check: &PolicyCheck<'_>,
     ) -> Result<PolicyOutcome, BackendError> {
-        let now = self.now();
-        let mut shard = self.shard(ctx.key);
-        if !check.commit {
-            let mut cell = shard
-                .get(ctx.key)
-                .and_then(|e| e.policy.as_deref().cloned())
-                .unwrap_or_default();
-            let out =
-                policy::measure_and_replace(check.rules, &mut cell, now, check.cost, check.shadow);
-            return Ok(out.at(self.unix_us_at(now)));
-        }
-        let entry = shard.entry(ctx.key, now);
-        let cell = entry.policy.get_or_insert_with(Box::default);
-        let out = policy::measure_and_replace(check.rules, cell, now, check.cost, check.shadow);
-        let keep = policy::idle_after_ns(check.rules, cell, now);
-        entry.keep_for(keep, now);
-        Ok(out.at(self.unix_us_at(now)))
+        Ok(self.decide_policy(ctx, check))
+    }
+
+    fn check_policy_now(&self, ctx: Ctx<'_>, check: &PolicyCheck<'_>) -> Option<PolicyOutcome> {
+        Some(self.decide_policy(ctx, check))
     }
 
     async fn set_ban(

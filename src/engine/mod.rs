@@ -396,6 +396,13 @@ pub trait Engine: Send + Sync + Debug + 'static {
         ))
     }
 
+    /// [`check_policy`](Self::check_policy) without awaiting, where the
+    /// engine decides in this process (the memory engine); `None` asks the
+    /// caller to await `check_policy` instead.
+    fn check_policy_now(&self, _ctx: Ctx<'_>, _check: &PolicyCheck<'_>) -> Option<PolicyOutcome> {
+        None
+    }
+
     /// Bans `ctx.key` of a policy for `duration` from now (a longer ban
     /// already there stays), or lifts its ban (`None`). Returns whether a
     /// ban held before.

@@ -103,7 +103,11 @@ impl Policy {
                 key: &key,
                 metrics: &s.engine_metrics,
             };
-            match s.engine.check_policy(ctx, &check).await {
+            let answer = match s.engine.check_policy_now(ctx, &check) {
+                Some(out) => Ok(out),
+                None => s.engine.check_policy(ctx, &check).await,
+            };
+            match answer {
                 Ok(out) => {
                     self.apply(&mut d, rules, &out, shadow);
                     if commit && out.ban_started {
@@ -125,7 +129,7 @@ impl Policy {
                             tracing::error!(policy = %s.name, store = %spec.store, error = %e,
                                 "store failed; refusing (on_backend_error = fail_closed)");
                             return Err(Error::PolicyBackend {
-                                policy: s.name.clone(),
+                                policy: s.name.to_string(),
                                 store: spec.store.clone(),
                                 source: e,
                             });
@@ -232,7 +236,7 @@ impl Policy {
         let Some(w) = d
             .window
             .as_ref()
-            .and_then(|n| d.windows.iter().find(|w| &w.name == n && !w.allowed))
+            .and_then(|n| d.windows.iter().find(|w| w.name == *n && !w.allowed))
             .or_else(|| d.windows.iter().find(|w| !w.allowed))
         else {
             return;
@@ -248,8 +252,8 @@ impl Policy {
         self.shared.violations.send(
             Violation {
                 key: key.encoded().to_string(),
-                policy: d.policy.clone(),
-                window: w.name.clone(),
+                policy: d.policy.to_string(),
+                window: w.name.to_string(),
                 count: w.limit - w.remaining.min(w.limit),
                 limit: w.limit,
                 at: SystemTime::now(),

@@ -5,6 +5,7 @@
 
 use super::rule::WindowAction;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What a policy did with a request.
@@ -67,7 +68,7 @@ impl HeaderStyle {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WindowReport {
     /// The window's name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its limit (`q=`).
     pub limit: u32,
     /// Its length (`w=`).
@@ -106,10 +107,10 @@ pub struct Decision {
     /// What the policy did.
     pub action: Action,
     /// The policy's name.
-    pub policy: String,
+    pub policy: Arc<str>,
     /// The window that decided: the refusing one (the one that refuses
     /// longest), else the enforcing one with the least room.
-    pub window: Option<String>,
+    pub window: Option<Arc<str>>,
     /// That window's limit.
     pub limit: Option<u32>,
     /// That window's room left, for requests of cost 1.
@@ -235,7 +236,7 @@ impl Decision {
 
     fn deciding_window(&self) -> Option<&WindowReport> {
         let name = self.window.as_deref()?;
-        self.windows.iter().find(|w| w.name == name)
+        self.windows.iter().find(|w| &*w.name == name)
     }
 
     /// For a refusal, an RFC 9457 problem-details body
@@ -256,7 +257,7 @@ impl Decision {
                 .windows
                 .iter()
                 .filter(|w| !w.allowed && w.action != WindowAction::Monitor)
-                .map(|w| w.name.as_str())
+                .map(|w| &*w.name)
                 .collect();
             let detail = match self.retry_after {
                 Some(r) => format!("retry in {} s", delay_seconds(r).max(1)),

@@ -135,7 +135,7 @@ impl PolicyMetrics {
             self.violations.fetch_add(1, Relaxed);
         }
         for w in d.windows.iter().filter(|w| !w.allowed) {
-            if let Some(c) = self.windows.get(&w.name) {
+            if let Some(c) = self.windows.get(&*w.name) {
                 if w.action == super::rule::WindowAction::Monitor || d.allowed {
                     c.would_deny.fetch_add(1, Relaxed);
                 } else {
@@ -144,7 +144,7 @@ impl PolicyMetrics {
             }
         }
         if d.violated {
-            let window = d.window.clone().unwrap_or_default();
+            let window = d.window.as_deref().unwrap_or_default().to_string();
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |t| t.as_millis() as u64);

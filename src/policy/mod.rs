@@ -68,7 +68,7 @@ pub struct Policy {
 }
 
 struct Shared {
-    name: String,
+    name: Arc<str>,
     spec: PolicySpec,
     engine: Arc<dyn Engine>,
     /// The state key every request's key narrows.
@@ -99,7 +99,7 @@ impl Policy {
             .windows
             .iter()
             .chain(spec.tiers.values().flatten())
-            .map(|w| w.name.as_str());
+            .map(|w| &*w.name);
         let metrics = Arc::new(PolicyMetrics::new(windows));
         let scope = spec
             .key
@@ -109,7 +109,7 @@ impl Policy {
             .join("+");
         Self {
             shared: Arc::new(Shared {
-                name: name.to_string(),
+                name: name.into(),
                 base: StateKey::new(name),
                 scope,
                 spec,
@@ -189,7 +189,7 @@ impl Policy {
         s.engine.set_ban(ctx, duration).await.map_err(|e| {
             s.metrics.record_backend_error();
             Error::PolicyBackend {
-                policy: s.name.clone(),
+                policy: s.name.to_string(),
                 store: s.spec.store.clone(),
                 source: e,
             }

@@ -60,8 +60,9 @@ impl WindowAction {
 /// One window of a policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowRule {
-    /// Its name in headers, decisions and metrics (`"1s"` unless named).
-    pub name: String,
+    /// Its name in headers, decisions and metrics (`"1s"` unless named);
+    /// shared, since every decision names its windows.
+    pub name: std::sync::Arc<str>,
     /// How it counts.
     pub algorithm: WindowAlgorithm,
     /// What it does above its limit.
