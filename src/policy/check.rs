@@ -252,6 +252,7 @@ impl Policy {
         self.shared.violations.send(
             Violation {
                 key: key.encoded().to_string(),
+                state_key: key.clone(),
                 policy: d.policy.to_string(),
                 window: w.name.to_string(),
                 count: w.limit - w.remaining.min(w.limit),

@@ -166,9 +166,20 @@ impl Policy {
     /// (a longer ban already there stays). `reason` goes to the log.
     /// Returns whether a ban already held.
     pub async fn block(&self, request: &Request, duration: Duration, reason: &str) -> Result<bool> {
-        let key = self.state_key(request);
-        tracing::info!(policy = %self.shared.name, key = %key.encoded(), seconds = duration.as_secs_f64(), reason, "key banned by hand");
-        let held = self.set_ban(&key, Some(duration)).await?;
+        self.block_key(&self.state_key(request), duration, reason)
+            .await
+    }
+
+    /// Bans the key at `key` (a [`Violation::state_key`]) as
+    /// [`block`](Self::block) does.
+    pub async fn block_key(
+        &self,
+        key: &StateKey,
+        duration: Duration,
+        reason: &str,
+    ) -> Result<bool> {
+        tracing::info!(policy = %self.shared.name, key = %key.encoded(), seconds = duration.as_secs_f64(), reason, "key banned");
+        let held = self.set_ban(key, Some(duration)).await?;
         self.shared.metrics.record_ban();
         Ok(held)
     }

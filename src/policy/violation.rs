@@ -22,6 +22,9 @@ pub struct Violation {
     /// The key, in its stored form (bounded, backend-safe; see the key rules
     /// in the README).
     pub key: String,
+    /// The key's state address, for [`Policy::block_key`](super::Policy::block_key)
+    /// (bounded like `key`, whatever the client sent).
+    pub state_key: crate::StateKey,
     /// The policy.
     pub policy: String,
     /// The window without room.
