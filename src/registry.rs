@@ -268,6 +268,16 @@ impl Registry {
             })
     }
 
+    /// Every policy, by name.
+    #[cfg(feature = "prometheus")]
+    pub(crate) fn policies(&self) -> BTreeMap<String, Policy> {
+        self.inner
+            .policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The names of all policies, sorted.
     pub fn policy_names(&self) -> Vec<String> {
         self.inner

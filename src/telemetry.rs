@@ -24,6 +24,22 @@
 //! | `ratesync_avg_wait_ms` | gauge | mean wait of granted permits |
 //! | `ratesync_wait_ms` | histogram | waits of granted permits (`_bucket`, `_sum`, `_count`), buckets 0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000 ms |
 //!
+//! Policies' instruments, labelled `policy` (and `window` where named),
+//! never with a key:
+//!
+//! | name | type | meaning |
+//! |---|---|---|
+//! | `ratesync_policy_requests_total` | counter | checks, labelled also `outcome`: `allowed`, `throttled`, `blocked`, `denied`, `exempt` |
+//! | `ratesync_policy_shadow_would_deny_total` | counter | admitted checks a shadow window or monitor mode would have refused |
+//! | `ratesync_policy_violations_total` | counter | checks in which a window had no room |
+//! | `ratesync_policy_violations_dropped_total` | counter | violations a full hook queue could not take |
+//! | `ratesync_policy_bans_total` | counter | bans set by `block` windows or by hand |
+//! | `ratesync_policy_backend_errors_total` | counter | store failures |
+//! | `ratesync_policy_window_refused_total` | counter | refusals per `window` |
+//! | `ratesync_policy_window_would_deny_total` | counter | shadow refusals per `window` |
+//! | `ratesync_policy_list_entries` | gauge | entries of the `list` (`exempt`, `deny`) |
+//! | `ratesync_policy_eval_duration_seconds` | histogram | check latency, buckets 5 µs to 50 ms |
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = ratesync::Registry::from_file("config.toml").await?;
@@ -61,10 +77,35 @@ pub const INSTRUMENTS: [&str; 13] = [
     "ratesync_wait_ms",
 ];
 
+/// The policies' instrument names, as registered with OpenTelemetry.
+pub const POLICY_INSTRUMENTS: [&str; 10] = [
+    "ratesync_policy_requests",
+    "ratesync_policy_shadow_would_deny",
+    "ratesync_policy_violations",
+    "ratesync_policy_violations_dropped",
+    "ratesync_policy_bans",
+    "ratesync_policy_backend_errors",
+    "ratesync_policy_window_refused",
+    "ratesync_policy_window_would_deny",
+    "ratesync_policy_list_entries",
+    "ratesync_policy_eval_duration_seconds",
+];
+
 /// The metric names a Prometheus scrape shows (counters with `_total`, the
 /// histogram as its three series), for checking dashboards and rules.
 pub fn exported_names() -> Vec<String> {
     let mut names = Vec::new();
+    for n in POLICY_INSTRUMENTS {
+        match n {
+            "ratesync_policy_list_entries" => names.push(n.to_string()),
+            "ratesync_policy_eval_duration_seconds" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{n}{suffix}"));
+                }
+            }
+            _ => names.push(format!("{n}_total")),
+        }
+    }
     for n in INSTRUMENTS {
         match n {
             "ratesync_concurrent"
@@ -193,6 +234,111 @@ impl Registry {
             let (histogram, attrs) = (histogram.clone(), labels(name));
             metrics.observe_waits(move |ms| histogram.record(ms, &attrs));
         }));
+        self.install_policy_telemetry(meter);
+    }
+
+    fn install_policy_telemetry(&self, meter: &Meter) {
+        let policy = |name: &str| KeyValue::new("policy", name.to_string());
+        macro_rules! observed {
+            ($name:literal, $desc:literal, |$m:ident, $o:ident, $p:ident| $body:expr) => {{
+                let reg = self.clone();
+                meter
+                    .u64_observable_counter($name)
+                    .with_description($desc)
+                    .with_callback(move |$o| {
+                        for p in reg.policies().values() {
+                            let $m = p.metrics();
+                            let $p = policy(p.name());
+                            $body;
+                        }
+                    })
+                    .build();
+            }};
+        }
+        observed!(
+            "ratesync_policy_requests",
+            "Policy checks, by outcome",
+            |m, o, p| {
+                for (outcome, n) in [
+                    ("allowed", m.allowed_requests - m.exempt),
+                    ("throttled", m.throttled),
+                    ("blocked", m.blocked),
+                    ("denied", m.denied),
+                    ("exempt", m.exempt),
+                ] {
+                    o.observe(n, &[p.clone(), KeyValue::new("outcome", outcome)]);
+                }
+            }
+        );
+        observed!(
+            "ratesync_policy_shadow_would_deny",
+            "Admitted checks a shadow window or monitor mode would have refused",
+            |m, o, p| o.observe(m.shadow_would_deny, &[p])
+        );
+        observed!(
+            "ratesync_policy_violations",
+            "Checks in which a window had no room",
+            |m, o, p| o.observe(m.total_violations, &[p])
+        );
+        observed!(
+            "ratesync_policy_violations_dropped",
+            "Violations a full hook queue could not take",
+            |m, o, p| o.observe(m.violations_dropped, &[p])
+        );
+        observed!(
+            "ratesync_policy_bans",
+            "Bans set by block windows or by hand",
+            |m, o, p| o.observe(m.bans_started, &[p])
+        );
+        observed!(
+            "ratesync_policy_backend_errors",
+            "Store failures of policy checks",
+            |m, o, p| o.observe(m.backend_errors, &[p])
+        );
+        observed!(
+            "ratesync_policy_window_refused",
+            "Refusals per window",
+            |m, o, p| for (w, (refused, _)) in &m.windows {
+                o.observe(*refused, &[p.clone(), KeyValue::new("window", w.clone())]);
+            }
+        );
+        observed!(
+            "ratesync_policy_window_would_deny",
+            "Shadow refusals per window",
+            |m, o, p| for (w, (_, would)) in &m.windows {
+                o.observe(*would, &[p.clone(), KeyValue::new("window", w.clone())]);
+            }
+        );
+        let reg = self.clone();
+        meter
+            .u64_observable_gauge("ratesync_policy_list_entries")
+            .with_description("Entries of a policy's exempt and deny lists")
+            .with_callback(move |o| {
+                for p in reg.policies().values() {
+                    let m = p.metrics();
+                    for (list, n) in [
+                        ("exempt", m.whitelisted_count),
+                        ("deny", m.blacklisted_count),
+                    ] {
+                        o.observe(n as u64, &[policy(p.name()), KeyValue::new("list", list)]);
+                    }
+                }
+            })
+            .build();
+        let histogram = meter
+            .f64_histogram("ratesync_policy_eval_duration_seconds")
+            .with_description("Policy check latency, seconds")
+            .with_boundaries(
+                crate::policy::EVAL_BUCKETS_US
+                    .iter()
+                    .map(|&us| us as f64 / 1e6)
+                    .collect(),
+            )
+            .build();
+        for p in self.policies().values() {
+            let (histogram, attrs) = (histogram.clone(), [policy(p.name())]);
+            p.observe_evals(move |s| histogram.record(s, &attrs));
+        }
     }
 }
 

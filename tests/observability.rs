@@ -124,14 +124,99 @@ async fn metrics_endpoint_serves_exact_values() {
     drop(held);
 }
 
+/// Policies' series, by value after a scripted sequence, labelled by policy
+/// and window and never by key.
+#[tokio::test]
+async fn policy_metrics_are_exported_by_policy_and_window() {
+    let reg = Registry::from_toml_str(
+        "[policies.api]\nkey = \"api_key\"\nexempt = [\"10.0.0.0/8\"]\ndeny = [\"leaked-key-42\"]\nwindows = [\n{ window = \"1h\", limit = 2, name = \"hour\" },\n{ window = \"1h\", limit = 1, action = \"monitor\", name = \"shadow\" },\n]\n",
+    )
+    .await
+    .unwrap();
+    let exporter = PrometheusExporter::new(&reg).unwrap();
+    let api = reg.policy("api").unwrap();
+    let key = ratesync::policy::Request::new().api_key("client-secret-7");
+    for _ in 0..3 {
+        api.check(&key).await.unwrap(); // allowed, allowed (shadow would deny), throttled
+    }
+    api.check(&ratesync::policy::Request::new().api_key("leaked-key-42"))
+        .await
+        .unwrap();
+    api.check(&ratesync::policy::Request::new().ip("10.1.1.1".parse().unwrap()))
+        .await
+        .unwrap();
+    let scrape = exporter.encode();
+    let v = |s: &str| series(&scrape, s).unwrap_or_else(|| panic!("no {s} in\n{scrape}"));
+    assert_eq!(
+        v(r#"ratesync_policy_requests_total{outcome="allowed",policy="api"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_requests_total{outcome="throttled",policy="api"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_requests_total{outcome="denied",policy="api"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_requests_total{outcome="exempt",policy="api"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_shadow_would_deny_total{policy="api"}"#),
+        1.0
+    );
+    assert_eq!(v(r#"ratesync_policy_violations_total{policy="api"}"#), 2.0);
+    assert_eq!(
+        v(r#"ratesync_policy_window_refused_total{policy="api",window="hour"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_window_would_deny_total{policy="api",window="shadow"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_list_entries{list="deny",policy="api"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ratesync_policy_eval_duration_seconds_count{policy="api"}"#),
+        5.0
+    );
+    assert!(
+        !scrape.contains("client-secret") && !scrape.contains("leaked-key"),
+        "{scrape}"
+    );
+    let names = exported_names();
+    for line in scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        assert!(
+            names.iter().any(|n| n == name),
+            "unexpected series {name}: {line}"
+        );
+    }
+}
+
 /// Every metric the shipped dashboard and alert rules use is one the exporter emits.
 #[tokio::test]
 async fn dashboards_and_rules_use_exported_names() {
-    let reg = Registry::from_toml_str("[limiters.api]\nrate_per_second = 10\nmax_concurrent = 2\n")
-        .await
-        .unwrap();
+    let reg = Registry::from_toml_str(
+        "[limiters.api]\nrate_per_second = 10\nmax_concurrent = 2\n\
+         [policies.p]\nwindows = [{ window = \"1s\", limit = 1 }]\n",
+    )
+    .await
+    .unwrap();
     let exporter = PrometheusExporter::new(&reg).unwrap();
     drop(reg.limiter("api").unwrap().acquire().await.unwrap());
+    reg.policy("p")
+        .unwrap()
+        .check(&ratesync::policy::Request::new())
+        .await
+        .unwrap();
     let scrape = exporter.encode();
     let emitted = exported_names();
     for name in &emitted {

@@ -140,7 +140,7 @@ async fn shadow_windows_never_refuse_nor_stop_the_others() {
             m.throttled,
             m.shadow_would_deny
         ),
-        (7, 5, 2, 5)
+        (7, 5, 2, 3)
     );
     assert_eq!(m.windows["shadow"], (0, 5));
     assert_eq!(m.windows["real"], (2, 0));

@@ -25,7 +25,7 @@ struct WindowCounters {
 }
 
 /// The live counters of one policy.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PolicyMetrics {
     requests: AtomicU64,
     allowed: AtomicU64,
@@ -42,6 +42,15 @@ pub struct PolicyMetrics {
     eval_total_ns: AtomicU64,
     windows: BTreeMap<String, WindowCounters>,
     recent: Mutex<VecDeque<RecentViolation>>,
+    eval_observer: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PolicyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyMetrics")
+            .field("requests", &self.requests)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One of the last violations, for the snapshot (the key is left out:
@@ -128,7 +137,7 @@ impl PolicyMetrics {
         if d.allowed && d.action == Action::Exempt {
             self.allowed.fetch_add(1, Relaxed);
         }
-        if d.would_deny {
+        if d.would_deny && d.allowed {
             self.would_deny.fetch_add(1, Relaxed);
         }
         if d.violated {
@@ -169,6 +178,15 @@ impl PolicyMetrics {
         self.eval_buckets[bucket].fetch_add(1, Relaxed);
         self.eval_total_ns
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        if let Some(observe) = self.eval_observer.get() {
+            observe(took.as_secs_f64());
+        }
+    }
+
+    /// Has `observe` told the latency (seconds) of every later check; false
+    /// when an observer was set already (it stays).
+    pub fn observe_evals(&self, observe: impl Fn(f64) + Send + Sync + 'static) -> bool {
+        self.eval_observer.set(Box::new(observe)).is_ok()
     }
 
     /// Counts a ban begun.

@@ -48,7 +48,7 @@ mod violation;
 
 pub use decision::{Action, Decision, HeaderStyle, WindowReport};
 pub use list::KeyList;
-pub use metrics::{PolicyMetrics, PolicyMetricsSnapshot, RecentViolation};
+pub use metrics::{PolicyMetrics, PolicyMetricsSnapshot, RecentViolation, EVAL_BUCKETS_US};
 pub use request::{KeyPart, Request};
 pub use rule::{PolicyMode, PolicySpec, WindowAction, WindowAlgorithm, WindowRule};
 pub use violation::Violation;
@@ -143,6 +143,12 @@ impl Policy {
         self.shared
             .metrics
             .snapshot(spec.windows.len(), spec.exempt.len(), spec.deny.len())
+    }
+
+    /// Has `observe` told the latency (seconds) of every later check (the
+    /// OpenTelemetry histogram); false when an observer was set already.
+    pub fn observe_evals(&self, observe: impl Fn(f64) + Send + Sync + 'static) -> bool {
+        self.shared.metrics.observe_evals(observe)
     }
 
     /// RateThrottle's name for [`metrics`](Self::metrics).
