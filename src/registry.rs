@@ -9,6 +9,7 @@ use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::OnceCell;
 
@@ -37,6 +38,12 @@ struct Inner {
     store_configs: RwLock<BTreeMap<String, crate::config::StoreConfig>>,
     limiters: RwLock<BTreeMap<String, Limiter>>,
     policies: RwLock<BTreeMap<String, Policy>>,
+    /// The file the registry was built from, for [`Registry::reload`].
+    source: RwLock<Option<std::path::PathBuf>>,
+    /// The configuration version in force (1 when built; +1 per reload).
+    version: AtomicU64,
+    /// Reloads refused (a bad file), each leaving the rules in force.
+    reload_failures: AtomicU64,
     /// Told of every limiter, present and future (telemetry attaches here).
     watchers: RwLock<Vec<LimiterWatcher>>,
 }
@@ -78,6 +85,9 @@ impl Registry {
                 store_configs: RwLock::new(BTreeMap::new()),
                 limiters: RwLock::new(BTreeMap::new()),
                 policies: RwLock::new(BTreeMap::new()),
+                source: RwLock::new(None),
+                version: AtomicU64::new(1),
+                reload_failures: AtomicU64::new(0),
                 watchers: RwLock::new(Vec::new()),
             }),
         }
@@ -96,6 +106,7 @@ impl Registry {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(name.clone(), store.clone());
         }
+        let policies = registry.policy_engines(&config)?;
         for (name, spec) in config.limiters {
             let engine = registry.store(&spec.store).ok_or_else(|| {
                 ConfigError::new(
@@ -108,13 +119,36 @@ impl Registry {
             registry.tell_watchers(&name, &limiter);
             registry.write_limiters().insert(name, limiter);
         }
-        for (name, spec) in config.policies {
+        let mut map = registry
+            .inner
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (name, (spec, engine)) in policies {
+            map.insert(name.clone(), Policy::new(&name, spec, engine, 1));
+        }
+        drop(map);
+        Ok(registry)
+    }
+
+    /// Each policy of `config` with the engine of its store, checked: the
+    /// store exists here and runs policies, and can hold the policy's state.
+    #[allow(clippy::type_complexity)]
+    fn policy_engines(
+        &self,
+        config: &Config,
+    ) -> Result<BTreeMap<String, (crate::policy::PolicySpec, Arc<dyn Engine>)>> {
+        let mut out = BTreeMap::new();
+        for (name, spec) in &config.policies {
             let at = format!("policies.{name}.store");
-            let engine = registry.store(&spec.store).ok_or_else(|| {
+            let engine = self.store(&spec.store).ok_or_else(|| {
                 ConfigError::new(
                     &config.source_name,
                     &at,
-                    format!("no store named `{}`", spec.store),
+                    format!(
+                        "no store named `{}` in this registry (a reload changes policies, not stores: restart to add one)",
+                        spec.store
+                    ),
                 )
             })?;
             if !engine.runs_policies() {
@@ -122,25 +156,100 @@ impl Registry {
                     &config.source_name,
                     at,
                     format!(
-                        "store `{}` (engine {}) does not run policies yet; use a memory store for this policy",
+                        "store `{}` (engine {}) does not run policies; use a memory, redis, postgres or nats store",
                         spec.store,
                         engine.kind()
                     ),
                 )
                 .into());
             }
-            engine.check_policy_spec(&spec).map_err(|e| {
+            engine.check_policy_spec(spec).map_err(|e| {
                 ConfigError::new(&config.source_name, format!("policies.{name}"), e)
             })?;
-            let policy = Policy::new(&name, spec, engine, 1);
-            registry
-                .inner
-                .policies
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(name, policy);
+            out.insert(name.clone(), (spec.clone(), engine));
         }
-        Ok(registry)
+        Ok(out)
+    }
+
+    /// Re-reads the file this registry was built from ([`from_file`](Self::from_file),
+    /// [`from_default_location`](Self::from_default_location)) and puts its
+    /// policies in force atomically, for every handle already given out:
+    /// changed policies take their new rules from the next check on, new
+    /// ones appear, removed ones leave [`policy`](Self::policy) (handles
+    /// kept keep their last rules). Counters, hooks and stored state stay.
+    /// Limiters and stores are not reloaded.
+    ///
+    /// A file that does not parse or validate changes nothing: the error is
+    /// returned, logged and counted ([`reload_failures`](Self::reload_failures)).
+    /// Returns the new configuration version, which every later
+    /// [`Decision`](crate::policy::Decision) carries.
+    pub async fn reload(&self) -> Result<u64> {
+        let path = self
+            .inner
+            .source
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(path) = path else {
+            return Err(Error::Unsupported(
+                "this registry was not built from a file; call reload_from(config) with the new configuration".into(),
+            ));
+        };
+        match Config::from_file(&path) {
+            Ok(c) => self.reload_from(c),
+            Err(e) => Err(self.reload_failed(e.into())),
+        }
+    }
+
+    /// Sets the file [`reload`](Self::reload) reads (a registry built with
+    /// [`from_file`](Self::from_file) has it already).
+    pub fn set_source(&self, path: impl Into<std::path::PathBuf>) {
+        *self
+            .inner
+            .source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(path.into());
+    }
+
+    /// [`reload`](Self::reload) from a configuration already read.
+    pub fn reload_from(&self, config: Config) -> Result<u64> {
+        let policies = match self.policy_engines(&config) {
+            Ok(p) => p,
+            Err(e) => return Err(self.reload_failed(e)),
+        };
+        let mut map = self
+            .inner
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let version = self.inner.version.fetch_add(1, Ordering::SeqCst) + 1;
+        map.retain(|name, _| policies.contains_key(name));
+        for (name, (spec, engine)) in policies {
+            match map.get(&name) {
+                Some(p) => p.replace(spec, engine, version),
+                None => {
+                    map.insert(name.clone(), Policy::new(&name, spec, engine, version));
+                }
+            }
+        }
+        tracing::info!(version, source = %config.source_name, policies = map.len(), "configuration reloaded");
+        Ok(version)
+    }
+
+    fn reload_failed(&self, e: Error) -> Error {
+        self.inner.reload_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "configuration reload refused; the rules in force stay");
+        e
+    }
+
+    /// The configuration version in force: 1 when built, one more per reload.
+    pub fn config_version(&self) -> u64 {
+        self.inner.version.load(Ordering::SeqCst)
+    }
+
+    /// Reloads refused because the new file was bad.
+    pub fn reload_failures(&self) -> u64 {
+        self.inner.reload_failures.load(Ordering::Relaxed)
     }
 
     /// Connects to one store as [`from_config`](Self::from_config) would,
@@ -158,12 +267,18 @@ impl Registry {
 
     /// Reads the TOML file at `path` and builds the registry.
     pub async fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_config(Config::from_file(path)?).await
+        let registry = Self::from_config(Config::from_file(path.as_ref())?).await?;
+        *registry
+            .inner
+            .source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(path.as_ref().to_path_buf());
+        Ok(registry)
     }
 
     /// Reads `$RATESYNC_CONFIG`, else `./ratesync.toml`, else `./config.toml`.
     pub async fn from_default_location() -> Result<Self> {
-        Self::from_config(Config::from_default_location()?).await
+        Self::from_file(Config::default_location()?).await
     }
 
     fn write_stores(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn Engine>>> {

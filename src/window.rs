@@ -67,14 +67,24 @@ impl SlidingWindow {
 
     /// Drops the grants that can no longer count in a window ending at or after `now`.
     pub fn trim(&self, grants: &mut VecDeque<u64>, now: u64) {
+        self.forget_before(grants, now);
+        while grants.len() > self.limit as usize {
+            grants.pop_front();
+        }
+    }
+
+    /// Drops the grants that have left the window ending at `now`, and
+    /// only those: what is left is right for a window of this length under
+    /// any limit. (A policy's windows keep their logs so, since a reload
+    /// may change the limit while a check under the old one is in flight;
+    /// [`trim`](Self::trim) also drops all but the last `limit`, which a
+    /// limiter's reservations ahead of now need to stay bounded.)
+    pub fn forget_before(&self, grants: &mut VecDeque<u64>, now: u64) {
         let horizon = now.saturating_sub(self.window_ns);
         while grants
             .front()
             .is_some_and(|&g| g <= horizon && now >= self.window_ns)
         {
-            grants.pop_front();
-        }
-        while grants.len() > self.limit as usize {
             grants.pop_front();
         }
     }

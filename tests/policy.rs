@@ -539,3 +539,60 @@ async fn configuration_errors_name_the_key_and_the_fix() {
         .unwrap_err();
     assert!(e.to_string().contains("no policy named `nope`"), "{e}");
 }
+
+#[tokio::test]
+async fn reload_swaps_policies_for_every_handle_and_a_bad_file_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("ratesync-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ratesync.toml");
+    let write = |limit: &str| {
+        std::fs::write(
+            &path,
+            format!("[policies.p]\nkey = \"user\"\nwindows = [{{ window = \"1h\", limit = {limit} }}]\n"),
+        )
+        .unwrap()
+    };
+    write("1");
+    let reg = Registry::from_file(&path).await.unwrap();
+    let p = reg.policy("p").unwrap();
+    let hits = Arc::new(Mutex::new(0));
+    let h = hits.clone();
+    p.on_violation(move |_| {
+        let h = h.clone();
+        async move { *h.lock().unwrap() += 1 }
+    });
+    let u = Request::new().user("u");
+    let first = p.check(&u).await.unwrap();
+    assert_eq!((first.allowed, first.config_version), (true, 1));
+    assert!(!p.check(&u).await.unwrap().allowed);
+    // A bigger limit, seen by the handle taken before the reload; the hour's
+    // count (1) and the counters stay.
+    write("3");
+    assert_eq!(reg.reload().await.unwrap(), 2);
+    let d = p.check(&u).await.unwrap();
+    assert_eq!(
+        (d.allowed, d.config_version, d.remaining),
+        (true, 2, Some(1))
+    );
+    assert_eq!(p.metrics().total_requests, 3);
+    // A bad file keeps the rules in force, and is counted.
+    std::fs::write(
+        &path,
+        "[policies.p]\nwindows = [{ window = \"1h\", limit = 0 }]\n",
+    )
+    .unwrap();
+    let e = reg.reload().await.unwrap_err().to_string();
+    assert!(e.contains("policies.p.windows[0].limit"), "{e}");
+    assert_eq!((reg.reload_failures(), reg.config_version()), (1, 2));
+    assert!(p.check(&u).await.unwrap().allowed);
+    assert!(!p.check(&u).await.unwrap().allowed);
+    tokio::task::yield_now().await;
+    // The hook registered before the reload still hears of violations.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(*hits.lock().unwrap(), 2);
+    // A policy removed from the file leaves the registry.
+    std::fs::write(&path, "[limiters.x]\nrate_per_second = 1.0\n").unwrap();
+    assert_eq!(reg.reload().await.unwrap(), 3);
+    assert!(reg.policy("p").is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

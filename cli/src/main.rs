@@ -204,7 +204,7 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             hold_for,
         } => {
             let hold = hold || hold_for.is_some();
-            let registry = Registry::from_config(config).await?;
+            let registry = long_running(config).await?;
             let lim = pick(&registry, &limiter, key.as_deref())?;
             let mut refused = 0;
             let mut held = Vec::new();
@@ -300,7 +300,7 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             policy::block(&registry, &policy, &key, None, "").await
         }
         Command::Worker(args) => {
-            let registry = Registry::from_config(config).await?;
+            let registry = long_running(config).await?;
             worker::run(registry, args).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -346,6 +346,34 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The registry of a command that runs a while (`worker`, `acquire`): on
+/// SIGHUP it re-reads its configuration file and puts the new policies in
+/// force, or keeps the old ones and logs why (`Registry::reload`).
+async fn long_running(config: Config) -> ratesync::Result<Registry> {
+    let file = std::path::Path::new(&config.source_name).is_file();
+    let path = config.source_name.clone();
+    let registry = Registry::from_config(config).await?;
+    if file {
+        registry.set_source(&path);
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                let reg = registry.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        match reg.reload().await {
+                            Ok(v) => eprintln!("ratesync: SIGHUP: {path} reloaded (configuration version {v})"),
+                            Err(e) => eprintln!("ratesync: SIGHUP: {path} not reloaded, the rules in force stay: {e}"),
+                        }
+                    }
+                });
+            }
+        }
+    }
+    Ok(registry)
 }
 
 /// `ratesync check`: the configuration, each store as its server answers,

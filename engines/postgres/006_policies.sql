@@ -118,7 +118,6 @@ DECLARE
   refused boolean := false;
   v_ban_us bigint := 0;
   g bigint[];
-  m int;
   v bigint;
   v_exp bigint;
 BEGIN
@@ -165,9 +164,12 @@ BEGIN
         tats[i] := v;
         v_exp := v + 1000000;
       ELSIF p_kinds[i] = 2 THEN
-        g := ARRAY(SELECT jsonb_array_elements_text(grants_json[i])::bigint) || array_fill(v_now, ARRAY[p_cost]);
-        m := cardinality(g);
-        IF m > p1s[i] THEN g := g[m - p1s[i] + 1 : m]; END IF;
+        -- The log forgets by time only, never by count (a reload may change
+        -- the limit while a check under the old one runs; src/window.rs,
+        -- forget_before).
+        g := ARRAY(SELECT x FROM unnest(ARRAY(SELECT jsonb_array_elements_text(grants_json[i])::bigint)
+                                       || array_fill(v_now, ARRAY[p_cost])) WITH ORDINALITY AS t(x, o)
+                   WHERE x > v_now - p2s[i] ORDER BY o);
         grants_json[i] := to_jsonb(g);
         v_exp := v_now + p2s[i] + 1000000;
       ELSE

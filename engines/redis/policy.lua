@@ -48,9 +48,21 @@ for i = 1, n do
       redis.call('PEXPIRE', KEYS[1 + i], math.ceil(((slot + w[i][4]) * p2 - now) / 1000) + 1000)
       local counts = plans[i][2]
       counts[#counts] = counts[#counts] + cost
-    else
+    elseif kind == 1 then
       commit(KEYS[1 + i], kind, p1, p2, now, now, plans[i], cost)
-      if kind == 1 then plans[i] = math.max(plans[i], now) + p1 * cost end
+      plans[i] = math.max(plans[i], now) + p1 * cost
+    else
+      -- An exact window's log forgets by time only, never by count (a
+      -- reload may change the limit while a check under the old one runs;
+      -- src/window.rs, forget_before).
+      local key = KEYS[1 + i]
+      for _ = 1, cost do redis.call('RPUSH', key, fmt(now)) end
+      while true do
+        local head = redis.call('LINDEX', key, 0)
+        if not head or tonumber(head) > now - p2 then break end
+        redis.call('LPOP', key)
+      end
+      redis.call('PEXPIRE', key, math.ceil(p2 / 1000) + 1000)
     end
   end
   if fits[i] > 0 and w[i][5] == 3 and not shadow and w[i][6] > ban_us then

@@ -303,7 +303,9 @@ fn validate_windows(
                 format!("two windows are named `{name}`: give one a name = \"...\""),
             ));
         }
+        let tag = WindowRule::state_tag(&WindowRule::state_name(&algorithm, &name, window));
         out.push(WindowRule {
+            tag,
             name: name.into(),
             algorithm,
             action,

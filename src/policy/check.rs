@@ -7,7 +7,7 @@ use super::decision::{Action, Decision, WindowReport};
 use super::request::{KeyPart, Request};
 use super::rule::{PolicyMode, WindowAction, WindowRule};
 use super::violation::Violation;
-use super::Policy;
+use super::{Policy, Rules};
 use crate::engine::{Ctx, PolicyCheck};
 use crate::error::{Error, Result};
 use crate::key::StateKey;
@@ -45,7 +45,7 @@ impl Policy {
         if let Ok(ip) = identifier.parse() {
             req = req.ip(ip);
         }
-        for part in &self.shared.spec.key {
+        for part in &self.rules().spec.key {
             req = match part {
                 KeyPart::User => req.user(identifier),
                 KeyPart::ApiKey => req.api_key(identifier),
@@ -57,23 +57,23 @@ impl Policy {
         req
     }
 
-    /// The state key of `request` under this policy.
-    pub(crate) fn state_key(&self, request: &Request) -> StateKey {
-        self.shared
+    /// The state key of `request` under `rules`.
+    pub(super) fn state_key(&self, rules: &Rules, request: &Request) -> StateKey {
+        rules
             .spec
             .key
             .iter()
             .filter_map(|p| p.value(request))
-            .fold(self.shared.base.clone(), |k, v| k.child(&v))
+            .fold(rules.base.clone(), |k, v| k.child(&v))
     }
 
     async fn decide(&self, request: &Request, commit: bool) -> Result<Decision> {
         let started = Instant::now();
-        let s = &self.shared;
-        let spec = &s.spec;
+        let (s, r) = (&self.shared, self.rules());
+        let spec = &*r.spec;
         let shadow = spec.mode == PolicyMode::Monitor;
         let (rules, tier) = spec.windows_for(request.tier_name());
-        let mut d = self.blank(tier);
+        let mut d = self.blank(&r, tier);
         let listed = |list: &super::list::KeyList| {
             request.ip_addr().is_some_and(|ip| list.contains_ip(ip))
                 || request.identities().any(|i| list.contains_key(&i))
@@ -92,7 +92,7 @@ impl Policy {
                     s.name
                 )));
             }
-            let key = self.state_key(request);
+            let key = self.state_key(&r, request);
             let check = PolicyCheck {
                 rules,
                 cost,
@@ -103,9 +103,9 @@ impl Policy {
                 key: &key,
                 metrics: &s.engine_metrics,
             };
-            let answer = match s.engine.check_policy_now(ctx, &check) {
+            let answer = match r.engine.check_policy_now(ctx, &check) {
                 Some(out) => Ok(out),
-                None => s.engine.check_policy(ctx, &check).await,
+                None => r.engine.check_policy(ctx, &check).await,
             };
             match answer {
                 Ok(out) => {
@@ -114,7 +114,7 @@ impl Policy {
                         s.metrics.record_ban();
                     }
                     if commit && d.violated {
-                        self.report_violation(&d, &key);
+                        self.report_violation(&d, &key, &r);
                     }
                 }
                 Err(e) => {
@@ -145,7 +145,7 @@ impl Policy {
     }
 
     /// An admitting decision with nothing decided yet.
-    fn blank(&self, tier: Option<&str>) -> Decision {
+    fn blank(&self, r: &Rules, tier: Option<&str>) -> Decision {
         Decision {
             allowed: true,
             action: Action::Allow,
@@ -159,11 +159,11 @@ impl Policy {
             violated: false,
             would_deny: false,
             tier: tier.map(str::to_string),
-            config_version: self.shared.version,
+            config_version: r.version,
             degraded: false,
             decided_at_us: None,
             windows: Vec::new(),
-            style: self.shared.spec.headers,
+            style: r.spec.headers,
         }
     }
 
@@ -232,7 +232,7 @@ impl Policy {
         }
     }
 
-    fn report_violation(&self, d: &Decision, key: &StateKey) {
+    fn report_violation(&self, d: &Decision, key: &StateKey, r: &Rules) {
         let Some(w) = d
             .window
             .as_ref()
@@ -260,7 +260,7 @@ impl Policy {
                 at: SystemTime::now(),
                 blocked_until: d.blocked_until,
                 retry_after: d.retry_after,
-                scope: self.shared.scope.clone(),
+                scope: r.scope.clone(),
                 metadata,
             },
             &self.shared.metrics,

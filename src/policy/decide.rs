@@ -35,6 +35,8 @@ pub struct PolicyCell {
 /// One window's state: the field its algorithm uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowCell {
+    /// The [`WindowRule::tag`] of the window this state belongs to.
+    pub tag: u64,
     /// Token bucket and exact sliding window.
     pub rate: RateCell,
     /// Fixed window and sliding counter.
@@ -86,8 +88,7 @@ pub fn measure_and_replace(
         return PolicyOutcome::banned(from_nanos(cell.banned_until - now));
     }
     cell.banned_until = 0;
-    // A reloaded policy with other windows starts them afresh.
-    cell.windows.resize_with(rules.len(), WindowCell::default);
+    match_windows(rules, &mut cell.windows);
     let fits: Vec<Result<(), u64>> = rules
         .iter()
         .zip(cell.windows.iter_mut())
@@ -106,6 +107,31 @@ pub fn measure_and_replace(
         cell.banned_until = now.saturating_add(ban_ns);
     }
     report(rules, &mut cell.windows, now, &fits, ban_ns)
+}
+
+/// Puts each rule's state at the rule's place, found by its tag: a reload
+/// may add, remove, reorder or change windows (a changed algorithm or length
+/// is a new tag, and starts afresh).
+fn match_windows(rules: &[WindowRule], windows: &mut Vec<WindowCell>) {
+    if windows.len() == rules.len()
+        && rules
+            .iter()
+            .zip(windows.iter())
+            .all(|(r, w)| r.tag == w.tag)
+    {
+        return;
+    }
+    let mut old = std::mem::take(windows);
+    *windows = rules
+        .iter()
+        .map(|r| match old.iter().position(|w| w.tag == r.tag) {
+            Some(i) => old.swap_remove(i),
+            None => WindowCell {
+                tag: r.tag,
+                ..WindowCell::default()
+            },
+        })
+        .collect();
 }
 
 impl PolicyOutcome {
@@ -173,8 +199,17 @@ pub(crate) fn report(
 }
 
 /// `Ok` when `cost` fits in the window now, else `Err(retry_after_ns)`.
+/// An exact window's log is trimmed by time only (see
+/// [`SlidingWindow::forget_before`](crate::window::SlidingWindow::forget_before)).
 fn fits(a: &WindowAlgorithm, w: &mut WindowCell, now: u64, cost: u32) -> Result<(), u64> {
     match a {
+        WindowAlgorithm::Rate(RateSpec::SlidingWindow(sw)) => {
+            sw.forget_before(&mut w.rate.grants, now);
+            match sw.decide_n(&w.rate.grants, now, cost, 0) {
+                crate::window::Decision::Granted { .. } => Ok(()),
+                crate::window::Decision::Denied { retry_after_ns } => Err(retry_after_ns),
+            }
+        }
         WindowAlgorithm::Rate(r) => r
             .measure_and_replace(&mut w.rate, now, cost, 0, false)
             .map(drop),
@@ -187,6 +222,11 @@ fn fits(a: &WindowAlgorithm, w: &mut WindowCell, now: u64, cost: u32) -> Result<
 
 fn take(a: &WindowAlgorithm, w: &mut WindowCell, now: u64, cost: u32) {
     match a {
+        WindowAlgorithm::Rate(RateSpec::SlidingWindow(_)) => {
+            for _ in 0..cost {
+                w.rate.grants.push_back(now);
+            }
+        }
         WindowAlgorithm::Rate(r) => {
             let _ = r.measure_and_replace(&mut w.rate, now, cost, 0, true);
         }
@@ -233,4 +273,57 @@ pub fn idle_after_ns(rules: &[WindowRule], cell: &PolicyCell, now: u64) -> u64 {
             WindowAlgorithm::Counted(c) => c.idle_after_ns(&w.counts, now),
         });
     windows.fold(cell.banned_until.saturating_sub(now), u64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(windows: &str) -> Vec<WindowRule> {
+        let c =
+            crate::config::Config::from_toml_str(&format!("[policies.p]\nwindows = [{windows}]"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        c.policies["p"].windows.clone()
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    /// A check still under the old rules after a reload raised a limit
+    /// (another thread, another host) must not shrink what the new rules
+    /// count: logs forget by time only.
+    #[test]
+    fn a_check_under_old_rules_keeps_what_new_rules_count() {
+        let (old, new) = (
+            rules("{ window = \"1h\", limit = 5 }"),
+            rules("{ window = \"1h\", limit = 40 }"),
+        );
+        let mut cell = PolicyCell::default();
+        let mut admitted = 0;
+        for i in 0..100u64 {
+            // Every third check is a straggler under the old rules.
+            let r = if i % 3 == 0 { &old } else { &new };
+            admitted += usize::from(measure_and_replace(r, &mut cell, S + i, 1, false).counted);
+        }
+        assert_eq!(admitted, 40);
+    }
+
+    /// A reload that changes a window's algorithm or length gives it fresh
+    /// state; one that changes its limit, order or neighbours keeps it.
+    #[test]
+    fn windows_keep_their_state_by_algorithm_name_and_length() {
+        let mut cell = PolicyCell::default();
+        let a = rules("{ window = \"1h\", limit = 3, name = \"a\" }, { window = \"1h\", limit = 9, algorithm = \"fixed_window\", name = \"b\" }");
+        for _ in 0..3 {
+            assert!(measure_and_replace(&a, &mut cell, S, 1, false).counted);
+        }
+        let reordered = rules("{ window = \"1h\", limit = 9, algorithm = \"fixed_window\", name = \"b\" }, { window = \"1m\", limit = 1, name = \"new\" }, { window = \"1h\", limit = 4, name = \"a\" }");
+        let o = measure_and_replace(&reordered, &mut cell, S, 1, false);
+        assert!(o.counted);
+        let left: Vec<u32> = o.windows.iter().map(|w| w.remaining).collect();
+        assert_eq!(left, [5, 0, 0]);
+        let other_algorithm =
+            rules("{ window = \"1h\", limit = 4, algorithm = \"sliding_counter\", name = \"a\" }");
+        let o = measure_and_replace(&other_algorithm, &mut cell, S, 1, false);
+        assert_eq!(o.windows[0].remaining, 3);
+    }
 }

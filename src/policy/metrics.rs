@@ -40,7 +40,7 @@ pub struct PolicyMetrics {
     violations_dropped: AtomicU64,
     eval_buckets: [AtomicU64; EVAL_BUCKETS_US.len() + 1],
     eval_total_ns: AtomicU64,
-    windows: BTreeMap<String, WindowCounters>,
+    windows: std::sync::RwLock<BTreeMap<String, WindowCounters>>,
     recent: Mutex<VecDeque<RecentViolation>>,
     eval_observer: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
 }
@@ -114,12 +114,20 @@ pub struct PolicyMetricsSnapshot {
 impl PolicyMetrics {
     /// Counters for a policy whose windows (over every tier) are named `windows`.
     pub fn new<'a>(windows: impl IntoIterator<Item = &'a str>) -> Self {
-        Self {
-            windows: windows
-                .into_iter()
-                .map(|w| (w.to_string(), WindowCounters::default()))
-                .collect(),
-            ..Self::default()
+        let m = Self::default();
+        m.add_windows(windows);
+        m
+    }
+
+    /// Counts windows named `windows` too (a reload may add some; the
+    /// counts of windows it removes stay).
+    pub fn add_windows<'a>(&self, windows: impl IntoIterator<Item = &'a str>) {
+        let mut map = self
+            .windows
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in windows {
+            map.entry(w.to_string()).or_default();
         }
     }
 
@@ -143,8 +151,12 @@ impl PolicyMetrics {
         if d.violated {
             self.violations.fetch_add(1, Relaxed);
         }
+        let windows = self
+            .windows
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for w in d.windows.iter().filter(|w| !w.allowed) {
-            if let Some(c) = self.windows.get(&*w.name) {
+            if let Some(c) = windows.get(&*w.name) {
                 if w.action == super::rule::WindowAction::Monitor || d.allowed {
                     c.would_deny.fetch_add(1, Relaxed);
                 } else {
@@ -239,6 +251,8 @@ impl PolicyMetrics {
             blacklisted_count: deny,
             windows: self
                 .windows
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
                 .map(|(n, c)| (n.clone(), (get(&c.refused), get(&c.would_deny))))
                 .collect(),

@@ -67,59 +67,101 @@ pub struct Policy {
     shared: Arc<Shared>,
 }
 
+/// What a policy keeps across reloads: its name, counters and hooks.
 struct Shared {
     name: Arc<str>,
-    spec: PolicySpec,
+    metrics: Arc<PolicyMetrics>,
+    /// Engine-level counters (compare-and-set conflicts), as a limiter has.
+    engine_metrics: crate::metrics::Metrics,
+    violations: violation::Violations,
+    /// The rules in force, swapped whole by a reload; a check reads them
+    /// once and decides on that one version.
+    rules: std::sync::RwLock<Arc<Rules>>,
+}
+
+/// One version of a policy's rules and where they are decided.
+struct Rules {
+    spec: Arc<PolicySpec>,
     engine: Arc<dyn Engine>,
     /// The state key every request's key narrows.
     base: StateKey,
     /// What the key is made of, for violations (`"route+ip"`).
     scope: String,
-    metrics: Arc<PolicyMetrics>,
-    /// Engine-level counters (compare-and-set conflicts), as a limiter has.
-    engine_metrics: crate::metrics::Metrics,
-    violations: violation::Violations,
     version: u64,
 }
 
-impl std::fmt::Debug for Policy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
-            .field("name", &self.shared.name)
-            .field("engine", &self.shared.engine.kind())
-            .field("spec", &self.shared.spec)
-            .field("config_version", &self.shared.version)
-            .finish()
-    }
-}
-
-impl Policy {
-    pub(crate) fn new(name: &str, spec: PolicySpec, engine: Arc<dyn Engine>, version: u64) -> Self {
-        let windows = spec
-            .windows
-            .iter()
-            .chain(spec.tiers.values().flatten())
-            .map(|w| &*w.name);
-        let metrics = Arc::new(PolicyMetrics::new(windows));
+impl Rules {
+    fn new(name: &str, spec: PolicySpec, engine: Arc<dyn Engine>, version: u64) -> Self {
         let scope = spec
             .key
             .iter()
             .map(KeyPart::name)
             .collect::<Vec<_>>()
             .join("+");
+        Rules {
+            spec: Arc::new(spec),
+            engine,
+            base: StateKey::new(name),
+            scope,
+            version,
+        }
+    }
+
+    fn window_names(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .windows
+            .iter()
+            .chain(self.spec.tiers.values().flatten())
+            .map(|w| &*w.name)
+    }
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.rules();
+        f.debug_struct("Policy")
+            .field("name", &self.shared.name)
+            .field("engine", &r.engine.kind())
+            .field("spec", &r.spec)
+            .field("config_version", &r.version)
+            .finish()
+    }
+}
+
+impl Policy {
+    pub(crate) fn new(name: &str, spec: PolicySpec, engine: Arc<dyn Engine>, version: u64) -> Self {
+        let rules = Rules::new(name, spec, engine, version);
+        let metrics = Arc::new(PolicyMetrics::new(rules.window_names()));
         Self {
             shared: Arc::new(Shared {
                 name: name.into(),
-                base: StateKey::new(name),
-                scope,
-                spec,
-                engine,
                 metrics,
                 engine_metrics: crate::metrics::Metrics::new(),
                 violations: Default::default(),
-                version,
+                rules: std::sync::RwLock::new(Arc::new(rules)),
             }),
         }
+    }
+
+    /// Puts `spec` (decided on `engine`) in force from the next check on,
+    /// for every handle of this policy; counters and hooks stay.
+    pub(crate) fn replace(&self, spec: PolicySpec, engine: Arc<dyn Engine>, version: u64) {
+        let rules = Rules::new(&self.shared.name, spec, engine, version);
+        self.shared.metrics.add_windows(rules.window_names());
+        *self
+            .shared
+            .rules
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(rules);
+    }
+
+    /// The rules in force now.
+    fn rules(&self) -> Arc<Rules> {
+        self.shared
+            .rules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The policy's name.
@@ -127,19 +169,19 @@ impl Policy {
         &self.shared.name
     }
 
-    /// The validated rules.
-    pub fn spec(&self) -> &PolicySpec {
-        &self.shared.spec
+    /// The validated rules in force.
+    pub fn spec(&self) -> Arc<PolicySpec> {
+        self.rules().spec.clone()
     }
 
-    /// The configuration version this policy was built under.
+    /// The configuration version of the rules in force.
     pub fn config_version(&self) -> u64 {
-        self.shared.version
+        self.rules().version
     }
 
     /// The policy's counters now.
     pub fn metrics(&self) -> PolicyMetricsSnapshot {
-        let spec = &self.shared.spec;
+        let spec = self.spec();
         self.shared
             .metrics
             .snapshot(spec.windows.len(), spec.exempt.len(), spec.deny.len())
@@ -172,8 +214,8 @@ impl Policy {
     /// (a longer ban already there stays). `reason` goes to the log.
     /// Returns whether a ban already held.
     pub async fn block(&self, request: &Request, duration: Duration, reason: &str) -> Result<bool> {
-        self.block_key(&self.state_key(request), duration, reason)
-            .await
+        let key = self.state_key(&self.rules(), request);
+        self.block_key(&key, duration, reason).await
     }
 
     /// Bans the key at `key` (a [`Violation::state_key`]) as
@@ -192,22 +234,22 @@ impl Policy {
 
     /// Lifts `request`'s ban; returns whether one held.
     pub async fn unblock(&self, request: &Request) -> Result<bool> {
-        let key = self.state_key(request);
+        let key = self.state_key(&self.rules(), request);
         tracing::info!(policy = %self.shared.name, key = %key.encoded(), "ban lifted by hand");
         self.set_ban(&key, None).await
     }
 
     async fn set_ban(&self, key: &StateKey, duration: Option<Duration>) -> Result<bool> {
-        let s = &self.shared;
+        let (s, rules) = (&self.shared, self.rules());
         let ctx = Ctx {
             key,
             metrics: &s.engine_metrics,
         };
-        s.engine.set_ban(ctx, duration).await.map_err(|e| {
+        rules.engine.set_ban(ctx, duration).await.map_err(|e| {
             s.metrics.record_backend_error();
             Error::PolicyBackend {
                 policy: s.name.to_string(),
-                store: s.spec.store.clone(),
+                store: rules.spec.store.clone(),
                 source: e,
             }
         })

@@ -74,9 +74,28 @@ pub struct WindowRule {
     pub window: Duration,
     /// The window's limit, for headers (`q=`).
     pub limit: u32,
+    /// Which stored state is this window's: a hash of [`state_name`](Self::state_name).
+    pub tag: u64,
 }
 
 impl WindowRule {
+    /// The name of the window's stored state: its algorithm, name and
+    /// length (`sliding_window:burst:1000`, in ms). A reload that changes a
+    /// window's algorithm or length gives it new state (it starts afresh);
+    /// one that changes only its limit or action keeps the count, which is
+    /// right under any limit: logs are trimmed by time only, counters by slot.
+    pub fn state_name(algorithm: &WindowAlgorithm, name: &str, window: Duration) -> String {
+        format!("{}:{name}:{}", algorithm.as_str(), window.as_millis())
+    }
+
+    /// [`tag`](Self::tag) of a window: FNV-1a of its state name, the same
+    /// in every process and build.
+    pub fn state_tag(state_name: &str) -> u64 {
+        state_name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
     /// True when the window can refuse a request (not a shadow window).
     pub fn enforces(&self) -> bool {
         self.action != WindowAction::Monitor

@@ -7,7 +7,7 @@
 //! kind 2     u32 n, then n x u64 grant times (ns)
 //! kind 3     u32 n, then n x (u64 expiry ns, u8 holder length, holder bytes)
 //! kind 4     a policy key: u64 ban end (ns, 0: none), u16 n windows, then
-//!            per window a u8 tag and its state: 1 u64 TAT (0: none),
+//!            per window its u64 rule tag, a u8 kind and its state: 1 u64 TAT (0: none),
 //!            2 u32 n + n x u64 grant times, 3 u64 first slot + u32 n +
 //!            n x u32 counts
 //! ```
@@ -138,7 +138,10 @@ impl State {
                 let n = u16::from_le_bytes([a, b]);
                 let mut windows = Vec::with_capacity(usize::from(n));
                 for _ in 0..n {
-                    let mut w = WindowCell::default();
+                    let mut w = WindowCell {
+                        tag: r.u64()?,
+                        ..WindowCell::default()
+                    };
                     match r.take::<1>()? {
                         [1] => w.rate.tat = Some(r.u64()?).filter(|&t| t > 0),
                         [2] => {
@@ -201,6 +204,7 @@ impl State {
                 let n = cell.windows.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(n as u16).to_le_bytes());
                 for w in &cell.windows[..n] {
+                    out.extend_from_slice(&w.tag.to_le_bytes());
                     if !w.counts.counts.is_empty() {
                         out.push(3);
                         out.extend_from_slice(&w.counts.first.to_le_bytes());

@@ -37,6 +37,7 @@ use super::{
 };
 use super::{PolicyCheck, PolicyOutcome};
 use crate::config::store::StoreConfig;
+use crate::policy::rule::WindowRule;
 use crate::quota::{ConcurrencySpec, RateSpec};
 use crate::units::micros;
 
@@ -492,7 +493,11 @@ impl Engine for PostgresEngine {
         let mut cols: [Vec<i64>; 6] = Default::default();
         for rule in check.rules {
             let args = policy_window_args(rule);
-            wins.push(format!("p{}:{}", args[0], rule.name));
+            wins.push(WindowRule::state_name(
+                &rule.algorithm,
+                &rule.name,
+                rule.window,
+            ));
             for (col, a) in cols.iter_mut().zip(args) {
                 col.push(a);
             }

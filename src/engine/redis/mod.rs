@@ -276,16 +276,16 @@ impl RedisEngine {
         format!("{}:{{{}}}:b", self.prefix, ctx.key.encoded())
     }
 
-    /// A policy window's state: by the window's name and kind, so a
-    /// reloaded policy that changes a window's algorithm never reads a key
-    /// of another type (which would fail the check, and under fail_open
-    /// admit everything).
-    fn window_key(&self, ctx: &Ctx<'_>, rule: &WindowRule, kind: i64) -> String {
+    /// A policy window's state, by [`WindowRule::state_name`]: a reloaded
+    /// policy that changes a window's algorithm never reads a key of
+    /// another type (which would fail the check, and under fail_open admit
+    /// everything).
+    fn window_key(&self, ctx: &Ctx<'_>, rule: &WindowRule) -> String {
         format!(
-            "{}:{{{}}}:p{kind}:{}",
+            "{}:{{{}}}:p:{}",
             self.prefix,
             ctx.key.encoded(),
-            rule.name
+            WindowRule::state_name(&rule.algorithm, &rule.name, rule.window)
         )
     }
 
@@ -436,7 +436,7 @@ impl Engine for RedisEngine {
             .arg(i32::from(check.commit));
         for rule in check.rules {
             let args = policy_window_args(rule);
-            call = call.key(self.window_key(&ctx, rule, args[0]));
+            call = call.key(self.window_key(&ctx, rule));
             for a in args {
                 call = call.arg(a);
             }
