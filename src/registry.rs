@@ -119,15 +119,24 @@ impl Registry {
             registry.tell_watchers(&name, &limiter);
             registry.write_limiters().insert(name, limiter);
         }
-        let mut map = registry
-            .inner
-            .policies
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (name, (spec, engine)) in policies {
-            map.insert(name.clone(), Policy::new(&name, spec, engine, 1));
+        let built: Vec<Policy> = {
+            let mut map = registry
+                .inner
+                .policies
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, (spec, engine)) in policies {
+                map.insert(name.clone(), Policy::new(&name, spec, engine, 1));
+            }
+            map.values().cloned().collect()
+        };
+        for p in built {
+            // The lists kept in the store, before the first check.
+            if let Err(e) = p.refresh_lists().await {
+                tracing::warn!(policy = %p.name(), error = %e, "cannot read the policy's lists yet; they are read again every {} ms", crate::policy::LIST_REFRESH.as_millis());
+            }
+            p.keep_lists_fresh();
         }
-        drop(map);
         Ok(registry)
     }
 
@@ -228,7 +237,9 @@ impl Registry {
             match map.get(&name) {
                 Some(p) => p.replace(spec, engine, version),
                 None => {
-                    map.insert(name.clone(), Policy::new(&name, spec, engine, version));
+                    let p = Policy::new(&name, spec, engine, version);
+                    p.keep_lists_fresh();
+                    map.insert(name.clone(), p);
                 }
             }
         }

@@ -596,3 +596,119 @@ async fn reload_swaps_policies_for_every_handle_and_a_bad_file_changes_nothing()
     assert!(reg.policy("p").is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(start_paused = true)]
+async fn lists_changed_at_run_time_hold_at_once_and_expire() {
+    let p = policy("[policies.p]\nkey = \"api_key\"\nwindows = [{ window = \"1m\", limit = 100 }]")
+        .await;
+    use ratesync::policy::ListKind;
+    let from = |k: &str, a: &str| Request::new().api_key(k).ip(a.parse().unwrap());
+    assert!(p.check(&from("k", "203.0.113.7")).await.unwrap().allowed);
+    assert!(p
+        .list_add(ListKind::Deny, "203.0.113.0/24", Some(60 * S))
+        .await
+        .unwrap());
+    assert!(p
+        .list_add(ListKind::Exempt, "partner-key", None)
+        .await
+        .unwrap());
+    let d = p.check(&from("k", "203.0.113.7")).await.unwrap();
+    assert_eq!((d.allowed, d.action), (false, Action::Deny));
+    assert_eq!(
+        p.check(&from("partner-key", "198.51.100.1"))
+            .await
+            .unwrap()
+            .action,
+        Action::Exempt
+    );
+    let entries = p.list_entries(ListKind::Deny).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].entry.as_str(), entries[0].left),
+        ("203.0.113.0/24", Some(60 * S))
+    );
+    assert_eq!(
+        (p.metrics().blacklisted_count, p.metrics().whitelisted_count),
+        (1, 1)
+    );
+    // A bad entry names itself and what to write.
+    let e = p
+        .list_add(ListKind::Deny, "203.0.113.1/24", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean 203.0.113.0/24"), "{e}");
+    assert!(p
+        .list_add(ListKind::Deny, &"x".repeat(2000), None)
+        .await
+        .is_err());
+    // The deny entry expires by itself; the copy follows within LIST_REFRESH.
+    advance(61 * S).await;
+    advance(ratesync::policy::LIST_REFRESH).await;
+    tokio::task::yield_now().await;
+    assert!(p.check(&from("k", "203.0.113.7")).await.unwrap().allowed);
+    assert!(p
+        .list_remove(ListKind::Exempt, "partner-key")
+        .await
+        .unwrap());
+    assert_eq!(
+        p.check(&from("partner-key", "198.51.100.1"))
+            .await
+            .unwrap()
+            .action,
+        Action::Allow
+    );
+}
+
+// The decision itself, over one cell, as every Rust-side engine runs it.
+use ratesync::policy::decide::{measure_and_replace, PolicyCell};
+use ratesync::policy::WindowRule;
+
+fn window_rules(windows: &str) -> Vec<WindowRule> {
+    let c =
+        ratesync::config::Config::from_toml_str(&format!("[policies.p]\nwindows = [{windows}]"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    c.policies["p"].windows.clone()
+}
+
+const NS: u64 = 1_000_000_000;
+
+/// A check still under the old rules after a reload raised a limit
+/// (another thread, another host) must not shrink what the new rules
+/// count: logs forget by time only.
+#[test]
+fn a_check_under_old_rules_keeps_what_new_rules_count() {
+    let (old, new) = (
+        window_rules("{ window = \"1h\", limit = 5 }"),
+        window_rules("{ window = \"1h\", limit = 40 }"),
+    );
+    let mut cell = PolicyCell::default();
+    let mut admitted = 0;
+    for i in 0..100u64 {
+        // Every third check is a straggler under the old rules.
+        let r = if i % 3 == 0 { &old } else { &new };
+        admitted += usize::from(measure_and_replace(r, &mut cell, NS + i, 1, false).counted);
+    }
+    assert_eq!(admitted, 40);
+}
+
+/// A reload that changes a window's algorithm or length gives it fresh
+/// state; one that changes its limit, order or neighbours keeps it.
+#[test]
+fn windows_keep_their_state_by_algorithm_name_and_length() {
+    let mut cell = PolicyCell::default();
+    let a = window_rules("{ window = \"1h\", limit = 3, name = \"a\" }, { window = \"1h\", limit = 9, algorithm = \"fixed_window\", name = \"b\" }");
+    for _ in 0..3 {
+        assert!(measure_and_replace(&a, &mut cell, NS, 1, false).counted);
+    }
+    let reordered = window_rules("{ window = \"1h\", limit = 9, algorithm = \"fixed_window\", name = \"b\" }, { window = \"1m\", limit = 1, name = \"new\" }, { window = \"1h\", limit = 4, name = \"a\" }");
+    let o = measure_and_replace(&reordered, &mut cell, NS, 1, false);
+    assert!(o.counted);
+    let left: Vec<u32> = o.windows.iter().map(|w| w.remaining).collect();
+    assert_eq!(left, [5, 0, 0]);
+    let other_algorithm = window_rules(
+        "{ window = \"1h\", limit = 4, algorithm = \"sliding_counter\", name = \"a\" }",
+    );
+    let o = measure_and_replace(&other_algorithm, &mut cell, NS, 1, false);
+    assert_eq!(o.windows[0].remaining, 3);
+}

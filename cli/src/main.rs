@@ -129,6 +129,17 @@ enum Command {
         #[arg(long, default_value = "ratesync block")]
         reason: String,
     },
+    /// Change or show a policy's exempt list in its store (every host holds
+    /// a change within half a second).
+    Allow {
+        #[command(subcommand)]
+        op: policy::ListOp,
+    },
+    /// Change or show a policy's deny list in its store (as `allow`).
+    Deny {
+        #[command(subcommand)]
+        op: policy::ListOp,
+    },
     /// Lift a key's ban.
     Unblock {
         /// The policy's name.
@@ -294,6 +305,14 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
         } => {
             let registry = Registry::from_config(config).await?;
             policy::block(&registry, &policy, &key, Some(duration), &reason).await
+        }
+        Command::Allow { op } => {
+            let registry = Registry::from_config(config).await?;
+            policy::list(&registry, ratesync::policy::ListKind::Exempt, op).await
+        }
+        Command::Deny { op } => {
+            let registry = Registry::from_config(config).await?;
+            policy::list(&registry, ratesync::policy::ListKind::Deny, op).await
         }
         Command::Unblock { policy, key } => {
             let registry = Registry::from_config(config).await?;

@@ -1,7 +1,8 @@
 //! The policy commands: `ratesync eval` (a dry run of one decision, with its
 //! headers), `ratesync block` / `unblock`, and the policy lines of `ratesync check`.
 
-use ratesync::policy::{Decision, Policy, PolicySpec, Request, WindowAction, WindowRule};
+use clap::Subcommand;
+use ratesync::policy::{Decision, ListKind, Policy, PolicySpec, Request, WindowAction, WindowRule};
 use ratesync::Registry;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -172,4 +173,91 @@ pub fn describe(spec: &PolicySpec) -> String {
         s.push_str(&format!("; deny {}", spec.deny.entries().join(", ")));
     }
     s
+}
+
+/// `ratesync allow ...` / `ratesync deny ...`.
+#[derive(Subcommand, Debug)]
+pub enum ListOp {
+    /// Add an entry: an exact key, an address, or a CIDR range.
+    Add {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+        /// The entry.
+        entry: String,
+        /// Expire it after this long (seconds, or 90s, 15m, 1h, 1d).
+        #[arg(long, value_parser = crate::seconds_arg)]
+        ttl: Option<f64>,
+    },
+    /// Remove an entry.
+    Remove {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+        /// The entry, as added.
+        entry: String,
+    },
+    /// Show the entries in the store (and those of the configuration).
+    List {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+    },
+}
+
+/// Runs one list command.
+pub async fn list(
+    registry: &Registry,
+    kind: ListKind,
+    op: ListOp,
+) -> crate::worker::Result<ExitCode> {
+    let name = match &op {
+        ListOp::Add { policy, .. } | ListOp::Remove { policy, .. } | ListOp::List { policy } => {
+            policy.clone()
+        }
+    };
+    let p = registry.policy(&name)?;
+    let which = kind.as_str();
+    match op {
+        ListOp::Add { entry, ttl, .. } => {
+            let changed = p
+                .list_add(kind, &entry, ttl.map(Duration::from_secs_f64))
+                .await?;
+            println!(
+                "policy {name}: {which} {} {}{}",
+                if changed { "now holds" } else { "already held" },
+                crate::shown_key(&entry),
+                ttl.map(|t| format!(" for {t} s")).unwrap_or_default()
+            );
+        }
+        ListOp::Remove { entry, .. } => {
+            let was = p.list_remove(kind, &entry).await?;
+            println!(
+                "policy {name}: {which} {} {}",
+                if was {
+                    "no longer holds"
+                } else {
+                    "did not hold"
+                },
+                crate::shown_key(&entry)
+            );
+        }
+        ListOp::List { .. } => {
+            let spec = p.spec();
+            let configured = match kind {
+                ListKind::Exempt => &spec.exempt,
+                ListKind::Deny => &spec.deny,
+            };
+            for e in configured.entries() {
+                println!("{e}\t(configuration)");
+            }
+            for e in p.list_entries(kind).await? {
+                match e.left {
+                    Some(left) => println!("{}\t(store, {} left)", e.entry, secs(left)),
+                    None => println!("{}\t(store)", e.entry),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -14,8 +14,8 @@
 //! without bound.
 
 use super::{
-    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, PolicyCheck,
-    PolicyOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, ListChange, ListEntry,
+    PolicyCheck, PolicyOutcome, RateState, ReleaseHub, ReleaseSignal, Reservation,
 };
 use crate::config::store::{SettingError, StoreConfig};
 use crate::policy::decide::{self as policy, PolicyCell};
@@ -45,6 +45,8 @@ struct Entry {
     /// A policy's state for this key: its ban and windows (boxed: most
     /// keys are a limiter's).
     policy: Option<Box<PolicyCell>>,
+    /// A policy's allow or deny list: entry -> expiry (engine ns; 0: never).
+    list: Option<std::collections::BTreeMap<String, u64>>,
     /// When this entry holds nothing any more and may be dropped.
     idle_at: u64,
 }
@@ -459,6 +461,51 @@ impl Engine for MemoryEngine {
             None => cell.banned_until = 0,
         }
         Ok(held)
+    }
+
+    async fn list_change(
+        &self,
+        ctx: Ctx<'_>,
+        change: ListChange<'_>,
+    ) -> Result<bool, BackendError> {
+        let now = self.now();
+        let mut shard = self.shard(ctx.key);
+        let entry = shard.entry(ctx.key, now);
+        let list = entry.list.get_or_insert_with(Default::default);
+        list.retain(|_, &mut exp| exp == 0 || exp > now);
+        let changed = match change {
+            ListChange::Add { entry: e, ttl } => {
+                let exp = ttl.map_or(0, |t| now.saturating_add(nanos(t)).max(1));
+                list.insert(e.to_string(), exp) != Some(exp)
+            }
+            ListChange::Remove { entry: e } => list.remove(e).is_some(),
+        };
+        // Kept while it holds an entry: the longest expiry, or for good.
+        let keep = list
+            .values()
+            .map(|&e| if e == 0 { u64::MAX } else { e - now })
+            .max()
+            .unwrap_or(0);
+        entry.keep_for(keep, now);
+        Ok(changed)
+    }
+
+    async fn list_read(&self, ctx: Ctx<'_>) -> Result<Vec<ListEntry>, BackendError> {
+        let now = self.now();
+        let shard = self.shard(ctx.key);
+        Ok(shard
+            .get(ctx.key)
+            .and_then(|e| e.list.as_ref())
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, &exp)| exp == 0 || exp > now)
+                    .map(|(e, &exp)| ListEntry {
+                        entry: e.clone(),
+                        left: (exp > 0).then(|| from_nanos(exp - now)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn describe(&self) -> Result<String, BackendError> {

@@ -220,6 +220,33 @@ pub struct PolicyCheck<'a> {
     pub commit: bool,
 }
 
+/// A change to a policy's allow or deny list in the store (see
+/// [`Engine::list_change`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListChange<'a> {
+    /// Adds (or renews) `entry`, expiring after `ttl` (`None`: never).
+    Add {
+        /// The entry: an exact key or a CIDR range, validated by the caller.
+        entry: &'a str,
+        /// How long it holds.
+        ttl: Option<Duration>,
+    },
+    /// Removes `entry`.
+    Remove {
+        /// The entry, as it was added.
+        entry: &'a str,
+    },
+}
+
+/// One entry of a list in the store, with the time it has left (`None`: no expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The entry as added.
+    pub entry: String,
+    /// Until it expires.
+    pub left: Option<Duration>,
+}
+
 /// What an engine needs besides the request: where the state lives and where to count.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {
@@ -414,6 +441,30 @@ pub trait Engine: Send + Sync + Debug + 'static {
         Err(BackendError::new(
             self.kind(),
             "this engine does not run policies yet; keep policies on a memory store",
+        ))
+    }
+
+    /// Changes the list at `ctx.key` (a policy's exempt or deny list kept
+    /// in the store, so a change made on one host holds on every host);
+    /// returns whether the list changed. The default refuses, for engines
+    /// that do not run policies.
+    async fn list_change(
+        &self,
+        _ctx: Ctx<'_>,
+        _change: ListChange<'_>,
+    ) -> Result<bool, BackendError> {
+        Err(BackendError::new(
+            self.kind(),
+            "this engine keeps no policy lists; use a memory, redis, postgres or nats store",
+        ))
+    }
+
+    /// The live entries of the list at `ctx.key`, in no particular order
+    /// (expired ones are left out, and dropped where the store can).
+    async fn list_read(&self, _ctx: Ctx<'_>) -> Result<Vec<ListEntry>, BackendError> {
+        Err(BackendError::new(
+            self.kind(),
+            "this engine keeps no policy lists; use a memory, redis, postgres or nats store",
         ))
     }
 

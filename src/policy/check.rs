@@ -78,11 +78,21 @@ impl Policy {
             request.ip_addr().is_some_and(|ip| list.contains_ip(ip))
                 || request.identities().any(|i| list.contains_key(&i))
         };
-        if listed(&spec.deny) {
+        let (denied, exempt) = {
+            let rt = s
+                .runtime
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                listed(&spec.deny) || listed(&rt.deny),
+                listed(&spec.exempt) || listed(&rt.exempt),
+            )
+        };
+        if denied {
             d.action = Action::Deny;
             d.allowed = shadow;
             d.would_deny = shadow;
-        } else if listed(&spec.exempt) {
+        } else if exempt {
             d.action = Action::Exempt;
         } else {
             let cost = request.cost_given().unwrap_or(spec.cost);

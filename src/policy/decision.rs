@@ -3,8 +3,8 @@
 //! and `RateLimit` fields, draft-ietf-httpapi-ratelimit-headers-11) and a
 //! problem-details body for a refusal.
 
-use super::rule::WindowAction;
-use serde::{Deserialize, Serialize};
+use super::rule::{HeaderStyle, WindowAction};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,33 +33,6 @@ impl Action {
             Action::Block => "block",
             Action::Deny => "deny",
             Action::Exempt => "exempt",
-        }
-    }
-}
-
-/// Which rate-limit headers a policy's decisions carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeaderStyle {
-    /// The draft's `RateLimit-Policy` and `RateLimit`, and the legacy trio.
-    #[default]
-    Both,
-    /// `RateLimit-Policy` and `RateLimit` only.
-    Draft,
-    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` only.
-    Legacy,
-    /// No rate-limit headers (a refusal still carries `Retry-After`).
-    None,
-}
-
-impl HeaderStyle {
-    /// The name the configuration uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HeaderStyle::Both => "both",
-            HeaderStyle::Draft => "draft",
-            HeaderStyle::Legacy => "legacy",
-            HeaderStyle::None => "none",
         }
     }
 }

@@ -131,7 +131,8 @@ fn mask(bits: u128, len: u8, max: u8) -> u128 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::KeyList;
+    use std::net::IpAddr;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

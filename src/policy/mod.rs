@@ -41,16 +41,18 @@ mod check;
 pub mod decide;
 mod decision;
 pub mod list;
+mod lists;
 mod metrics;
 mod request;
 pub mod rule;
 mod violation;
 
-pub use decision::{Action, Decision, HeaderStyle, WindowReport};
+pub use decision::{Action, Decision, WindowReport};
 pub use list::KeyList;
+pub use lists::{ListKind, LIST_REFRESH, MAX_LIST_ENTRY};
 pub use metrics::{PolicyMetrics, PolicyMetricsSnapshot, RecentViolation, EVAL_BUCKETS_US};
 pub use request::{KeyPart, Request};
-pub use rule::{PolicyMode, PolicySpec, WindowAction, WindowAlgorithm, WindowRule};
+pub use rule::{HeaderStyle, PolicyMode, PolicySpec, WindowAction, WindowAlgorithm, WindowRule};
 pub use violation::Violation;
 
 use crate::engine::{Ctx, Engine};
@@ -77,6 +79,8 @@ struct Shared {
     /// The rules in force, swapped whole by a reload; a check reads them
     /// once and decides on that one version.
     rules: std::sync::RwLock<Arc<Rules>>,
+    /// This process's copy of the lists kept in the store (see `lists.rs`).
+    runtime: std::sync::RwLock<lists::RuntimeLists>,
 }
 
 /// One version of a policy's rules and where they are decided.
@@ -139,6 +143,7 @@ impl Policy {
                 engine_metrics: crate::metrics::Metrics::new(),
                 violations: Default::default(),
                 rules: std::sync::RwLock::new(Arc::new(rules)),
+                runtime: Default::default(),
             }),
         }
     }
@@ -182,9 +187,12 @@ impl Policy {
     /// The policy's counters now.
     pub fn metrics(&self) -> PolicyMetricsSnapshot {
         let spec = self.spec();
-        self.shared
-            .metrics
-            .snapshot(spec.windows.len(), spec.exempt.len(), spec.deny.len())
+        let (exempt, deny) = self.runtime_sizes();
+        self.shared.metrics.snapshot(
+            spec.windows.len(),
+            spec.exempt.len() + exempt,
+            spec.deny.len() + deny,
+        )
     }
 
     /// Has `observe` told the latency (seconds) of every later check (the

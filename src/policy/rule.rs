@@ -102,6 +102,33 @@ impl WindowRule {
     }
 }
 
+/// Which rate-limit headers a policy's decisions carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderStyle {
+    /// The draft's `RateLimit-Policy` and `RateLimit`, and the legacy trio.
+    #[default]
+    Both,
+    /// `RateLimit-Policy` and `RateLimit` only.
+    Draft,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` only.
+    Legacy,
+    /// No rate-limit headers (a refusal still carries `Retry-After`).
+    None,
+}
+
+impl HeaderStyle {
+    /// The name the configuration uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::Both => "both",
+            HeaderStyle::Draft => "draft",
+            HeaderStyle::Legacy => "legacy",
+            HeaderStyle::None => "none",
+        }
+    }
+}
+
 /// Whether a policy refuses or only reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,7 +172,7 @@ pub struct PolicySpec {
     /// Enforce or shadow.
     pub mode: PolicyMode,
     /// The headers decisions carry.
-    pub headers: super::decision::HeaderStyle,
+    pub headers: HeaderStyle,
     /// What a store failure does.
     pub on_backend_error: crate::quota::FailureMode,
 }

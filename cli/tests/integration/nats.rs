@@ -554,3 +554,10 @@ fn a_ban_holds_in_every_process() {
     let _serial = serial();
     scenarios::a_ban_holds_in_every_process(&NATS);
 }
+
+#[test]
+fn list_changes_reach_other_processes_within_a_second() {
+    require!(nats_url());
+    let _serial = serial();
+    scenarios::list_changes_reach_other_processes_within_a_second(&NATS);
+}

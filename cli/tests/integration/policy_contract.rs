@@ -3,7 +3,7 @@
 //! time against real services, so they compare the durations an engine
 //! returns, never how long a call took.
 
-use ratesync::engine::{Ctx, Engine, PolicyCheck, PolicyOutcome};
+use ratesync::engine::{Ctx, Engine, ListChange, PolicyCheck, PolicyOutcome};
 use ratesync::metrics::Metrics;
 use ratesync::policy::WindowRule;
 use ratesync::StateKey;
@@ -60,6 +60,7 @@ pub async fn run_all(name: &str, e: &dyn Engine, scope: &str) {
     bans_set_by_hand_hold_and_lift(e, &base.child("manual")).await;
     counted_windows_refill(e, &base.child("counted")).await;
     costs_count_in_every_window(e, &base.child("cost")).await;
+    lists_add_expire_and_remove(e, &base.child("list")).await;
     println!("{name}: policy contract holds");
 }
 
@@ -180,4 +181,53 @@ async fn costs_count_in_every_window(e: &dyn Engine, key: &StateKey) {
     assert_eq!(room(&o), [(true, 2), (false, 1)]);
     // A cost above every limit never fits.
     assert!(!check(e, key, &r, 6, false, true).await.counted);
+}
+
+async fn lists_add_expire_and_remove(e: &dyn Engine, key: &StateKey) {
+    let metrics = Metrics::new();
+    let ctx = Ctx {
+        key,
+        metrics: &metrics,
+    };
+    let add = |entry: &'static str, ttl: Option<Duration>| ListChange::Add { entry, ttl };
+    assert!(e.list_change(ctx, add("10.0.0.0/8", None)).await.unwrap());
+    assert!(
+        !e.list_change(ctx, add("10.0.0.0/8", None)).await.unwrap(),
+        "the same entry again changes nothing"
+    );
+    assert!(e
+        .list_change(ctx, add("k-1", Some(Duration::from_millis(800))))
+        .await
+        .unwrap());
+    let mut read = e.list_read(ctx).await.unwrap();
+    read.sort_by(|a, b| a.entry.cmp(&b.entry));
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert_eq!((read[0].entry.as_str(), read[0].left), ("10.0.0.0/8", None));
+    let left = read[1].left.expect("k-1 expires");
+    assert!(
+        read[1].entry == "k-1" && left <= Duration::from_millis(800) && left > Duration::ZERO,
+        "{read:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(800) + SLACK).await;
+    let read = e.list_read(ctx).await.unwrap();
+    assert_eq!(read.len(), 1, "k-1 expired: {read:?}");
+    assert!(e
+        .list_change(
+            ctx,
+            ListChange::Remove {
+                entry: "10.0.0.0/8"
+            }
+        )
+        .await
+        .unwrap());
+    assert!(!e
+        .list_change(
+            ctx,
+            ListChange::Remove {
+                entry: "10.0.0.0/8"
+            }
+        )
+        .await
+        .unwrap());
+    assert!(e.list_read(ctx).await.unwrap().is_empty());
 }

@@ -470,3 +470,10 @@ fn a_ban_holds_in_every_process() {
     let _serial = serial();
     scenarios::a_ban_holds_in_every_process(&POSTGRES);
 }
+
+#[test]
+fn list_changes_reach_other_processes_within_a_second() {
+    require_postgres!();
+    let _serial = serial();
+    scenarios::list_changes_reach_other_processes_within_a_second(&POSTGRES);
+}

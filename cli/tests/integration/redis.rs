@@ -461,3 +461,10 @@ fn a_ban_holds_in_every_process() {
     let _serial = serial();
     scenarios::a_ban_holds_in_every_process(&REDIS);
 }
+
+#[test]
+fn list_changes_reach_other_processes_within_a_second() {
+    require_redis!();
+    let _serial = serial();
+    scenarios::list_changes_reach_other_processes_within_a_second(&REDIS);
+}

@@ -950,3 +950,76 @@ pub fn a_ban_holds_in_every_process(t: &Target) {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A deny range added by one process (`ratesync deny add`) refuses a key in
+/// a running worker of another process within a second; removed, it
+/// admits again.
+pub fn list_changes_reach_other_processes_within_a_second(t: &Target) {
+    let dir = scratch("lists");
+    let config = write_config(
+        &dir,
+        &t.config(
+            "lists",
+            "[policies.api]\nstore = \"s\"\nkey = \"ip\"\nwindows = [{ window = \"1s\", limit = 1000 }]\n",
+        ),
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(ratesync_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run ratesync");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let mut opts = WorkerOpts::new("api", 2, 7.0);
+    opts.mode = "try";
+    opts.key = Some("203.0.113.9".into());
+    opts.policy = true;
+    let start = start_soon();
+    let workers = spawn_workers(&config, &dir, 1, &opts, start);
+    std::thread::sleep(std::time::Duration::from_millis(
+        start.saturating_sub(now_us() / 1000) + 1000,
+    ));
+    let (code, out) = run(&["deny", "add", "--policy", "api", "203.0.113.0/24"]);
+    assert_eq!(code, Some(0), "{out}");
+    let added_us = now_us();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, out) = run(&["deny", "list", "--policy", "api"]);
+    assert!(
+        code == Some(0) && out.contains("203.0.113.0/24\t(store)"),
+        "{out}"
+    );
+    let (code, out) = run(&["deny", "remove", "--policy", "api", "203.0.113.0/24"]);
+    assert!(code == Some(0) && out.contains("no longer holds"), "{out}");
+    let removed_us = now_us();
+    let (grants, _) = collect(workers);
+    let during: Vec<_> = grants
+        .iter()
+        .filter(|g| g.held_from_us > added_us + 1_000_000 && g.held_from_us < removed_us)
+        .collect();
+    let last_before = grants
+        .iter()
+        .filter(|g| g.held_from_us < removed_us)
+        .map(|g| g.held_from_us)
+        .max()
+        .unwrap_or(0);
+    let after = grants
+        .iter()
+        .filter(|g| g.held_from_us > removed_us + 1_000_000)
+        .count();
+    println!(
+        "{}: deny range added by another process: last admission {:.0} ms after the add, {after} admitted again after the removal",
+        t.label,
+        (last_before.saturating_sub(added_us)) as f64 / 1e3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        during.is_empty(),
+        "{} admitted more than a second after the deny",
+        during.len()
+    );
+    assert!(after > 0, "nothing admitted after the removal");
+}

@@ -44,8 +44,8 @@ pub use settings::{MAX_CONCURRENT, MAX_WINDOW_LIMIT};
 use super::stripes::KeyStripes;
 use super::{
     within, AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
-    PolicyCheck, PolicyOutcome, RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal,
-    Reservation,
+    ListChange, ListEntry, PolicyCheck, PolicyOutcome, RateRequest, RateState, ReleaseHub,
+    ReleaseListener, ReleaseSignal, Reservation,
 };
 use crate::config::store::StoreConfig;
 use crate::policy::{decide as policy, PolicySpec};
@@ -638,6 +638,58 @@ impl Engine for NatsEngine {
             Step::Write(State::Policy(cell), held)
         })
         .await
+    }
+
+    async fn list_change(
+        &self,
+        ctx: Ctx<'_>,
+        change: ListChange<'_>,
+    ) -> Result<bool, BackendError> {
+        let key = self.key("l", &ctx);
+        self.decide(&ctx, &key, move |state, now| {
+            let mut list = state.into_list();
+            let before = list.clone();
+            list.retain(|_, &mut exp| exp == 0 || exp > now);
+            let changed = match change {
+                ListChange::Add { entry, ttl } => {
+                    let exp = ttl.map_or(0, |t| now.saturating_add(nanos(t)).max(1));
+                    list.insert(entry.to_string(), exp) != Some(exp)
+                }
+                ListChange::Remove { entry } => list.remove(entry).is_some(),
+            };
+            if list == before {
+                Step::Keep(changed)
+            } else {
+                Step::Write(State::List(list), changed)
+            }
+        })
+        .await
+    }
+
+    async fn list_read(&self, ctx: Ctx<'_>) -> Result<Vec<ListEntry>, BackendError> {
+        let key = self.key("l", &ctx);
+        let (_, state, created) = self.read(&key).await?;
+        let now = created.map_or(self.clock.now_ns(), |c| self.clock.now_at_least(c));
+        // A bucket forgets a key untouched for max_age; a list is
+        // configuration and must not vanish, so a reader writes it afresh
+        // once it is half that old.
+        let stale = created.is_some_and(|c| now.saturating_sub(c) > nanos(self.max_age) / 2);
+        if stale && state != State::Empty {
+            self.decide(&ctx, &key, |state, _| match state {
+                State::Empty => Step::Keep(()),
+                other => Step::Write(other, ()),
+            })
+            .await?;
+        }
+        Ok(state
+            .into_list()
+            .into_iter()
+            .filter(|&(_, exp)| exp == 0 || exp > now)
+            .map(|(entry, exp)| ListEntry {
+                entry,
+                left: (exp > 0).then(|| Duration::from_nanos(exp - now)),
+            })
+            .collect())
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {

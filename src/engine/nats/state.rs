@@ -10,6 +10,8 @@
 //!            per window its u64 rule tag, a u8 kind and its state: 1 u64 TAT (0: none),
 //!            2 u32 n + n x u64 grant times, 3 u64 first slot + u32 n +
 //!            n x u32 counts
+//! kind 5     a policy's list: u32 n, then n x (u64 expiry ns, 0: never,
+//!            u16 entry length, entry bytes)
 //! ```
 //!
 //! Integers are little-endian. An absent or deleted key is the empty state.
@@ -45,6 +47,8 @@ pub enum State {
     },
     /// A policy key: its ban and its windows.
     Policy(PolicyCell),
+    /// A policy's allow or deny list: entry -> expiry (ns; 0: never).
+    List(std::collections::BTreeMap<String, u64>),
 }
 
 /// Why stored bytes could not be read.
@@ -166,6 +170,20 @@ impl State {
                     windows,
                 })
             }
+            5 => {
+                let n = r.u32()? as usize;
+                let mut list = std::collections::BTreeMap::new();
+                for _ in 0..n {
+                    let exp = r.u64()?;
+                    let [a, b] = r.take::<2>()?;
+                    let len = usize::from(u16::from_le_bytes([a, b]));
+                    let entry = std::str::from_utf8(r.bytes(len)?)
+                        .map_err(|_| DecodeError::Malformed)?
+                        .to_string();
+                    list.insert(entry, exp);
+                }
+                State::List(list)
+            }
             _ => return Err(DecodeError::Malformed),
         };
         Ok(state)
@@ -196,6 +214,17 @@ impl State {
                     let h = &l.holder.as_bytes()[..l.holder.len().min(255)];
                     out.push(h.len() as u8);
                     out.extend_from_slice(h);
+                }
+            }
+            State::List(list) => {
+                out.push(5);
+                out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+                for (entry, exp) in list {
+                    // Entries are at most MAX_LIST_ENTRY bytes (checked when added).
+                    let e = &entry.as_bytes()[..entry.len().min(usize::from(u16::MAX))];
+                    out.extend_from_slice(&exp.to_le_bytes());
+                    out.extend_from_slice(&(e.len() as u16).to_le_bytes());
+                    out.extend_from_slice(e);
                 }
             }
             State::Policy(cell) => {
@@ -251,6 +280,14 @@ impl State {
         }
     }
 
+    /// A policy's list (empty for any other state).
+    pub fn into_list(self) -> std::collections::BTreeMap<String, u64> {
+        match self {
+            State::List(list) => list,
+            _ => Default::default(),
+        }
+    }
+
     /// A policy key's state (empty for any other state).
     pub fn into_policy(self) -> PolicyCell {
         match self {
@@ -292,6 +329,11 @@ mod tests {
                     },
                 ],
             },
+            State::List(
+                [("10.0.0.0/8".to_string(), 0), ("k".to_string(), 9)]
+                    .into_iter()
+                    .collect(),
+            ),
             State::Policy(PolicyCell {
                 banned_until: 42,
                 windows: vec![

@@ -35,7 +35,7 @@ use super::{
     AbortOnDrop, BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome,
     RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
-use super::{PolicyCheck, PolicyOutcome};
+use super::{ListChange, ListEntry, PolicyCheck, PolicyOutcome};
 use crate::config::store::StoreConfig;
 use crate::policy::rule::WindowRule;
 use crate::quota::{ConcurrencySpec, RateSpec};
@@ -85,6 +85,9 @@ struct Statements {
     reset: String,
     policy_check: String,
     policy_ban: String,
+    list_add: String,
+    list_remove: String,
+    list_read: String,
 }
 
 impl Statements {
@@ -110,6 +113,9 @@ impl Statements {
                 "SELECT ban_us, ban_started, now_us, fit, tat, grants, first_slot, counts FROM {s}.policy_check($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             ),
             policy_ban: format!("SELECT {s}.policy_ban($1, $2)"),
+            list_add: format!("SELECT {s}.policy_list_add($1, $2, $3)"),
+            list_remove: format!("SELECT {s}.policy_list_remove($1, $2)"),
+            list_read: format!("SELECT now_us, entry, expires_at FROM {s}.policy_list_read($1)"),
         }
     }
 }
@@ -561,6 +567,39 @@ impl Engine for PostgresEngine {
             .one_per_key(&[&key], &self.sql.policy_ban, &[&key, &len])
             .await?;
         Ok(row.get(0))
+    }
+
+    async fn list_change(
+        &self,
+        ctx: Ctx<'_>,
+        change: ListChange<'_>,
+    ) -> Result<bool, BackendError> {
+        let key = self.key(&ctx);
+        let row = match change {
+            ListChange::Add { entry, ttl } => {
+                let ttl = ttl.map_or(-1, micros);
+                self.one(&self.sql.list_add, &[&key, &entry, &ttl]).await?
+            }
+            ListChange::Remove { entry } => {
+                self.one(&self.sql.list_remove, &[&key, &entry]).await?
+            }
+        };
+        Ok(row.get(0))
+    }
+
+    async fn list_read(&self, ctx: Ctx<'_>) -> Result<Vec<ListEntry>, BackendError> {
+        let key = self.key(&ctx);
+        let rows = self.rows_per_key(&[], &self.sql.list_read, &[&key]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let (now, exp): (i64, i64) = (r.get(0), r.get(2));
+                ListEntry {
+                    entry: r.get(1),
+                    left: (exp > 0).then(|| crate::units::from_micros(exp - now)),
+                }
+            })
+            .collect())
     }
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {

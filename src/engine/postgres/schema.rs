@@ -21,6 +21,10 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
         6,
         include_str!("../../../engines/postgres/006_policies.sql"),
     ),
+    (
+        7,
+        include_str!("../../../engines/postgres/007_policy_lists.sql"),
+    ),
 ];
 
 /// Idle rows deleted per table by one sweep call; a sweep repeats while full.

@@ -34,7 +34,7 @@ use super::{
     BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, Listening,
     RateRequest, RateState, ReleaseHub, ReleaseListener, ReleaseSignal, Reservation,
 };
-use super::{PolicyCheck, PolicyOutcome};
+use super::{ListChange, ListEntry, PolicyCheck, PolicyOutcome};
 use crate::config::store::SettingError;
 use crate::config::store::StoreConfig;
 use crate::policy::rule::WindowRule;
@@ -79,6 +79,7 @@ pub fn script_source(name: &str) -> Option<String> {
         "reset" => include_str!("../../../engines/redis/reset.lua"),
         "policy" => include_str!("../../../engines/redis/policy.lua"),
         "ban" => include_str!("../../../engines/redis/ban.lua"),
+        "list" => include_str!("../../../engines/redis/list.lua"),
         _ => return None,
     };
     Some(source(body))
@@ -96,6 +97,7 @@ struct Scripts {
     reset: Script,
     policy: Script,
     ban: Script,
+    list: Script,
 }
 
 impl Scripts {
@@ -113,6 +115,7 @@ impl Scripts {
             reset: load("reset"),
             policy: load("policy"),
             ban: load("ban"),
+            list: load("list"),
         }
     }
 }
@@ -269,6 +272,11 @@ impl RedisEngine {
 
     fn rate_key(&self, ctx: &Ctx<'_>) -> String {
         format!("{}:{{{}}}:r", self.prefix, ctx.key.encoded())
+    }
+
+    /// A policy's allow or deny list.
+    fn list_key(&self, ctx: &Ctx<'_>) -> String {
+        format!("{}:{{{}}}:l", self.prefix, ctx.key.encoded())
     }
 
     /// A policy key's ban.
@@ -465,6 +473,43 @@ impl Engine for RedisEngine {
             )
             .await?;
         Ok(held == 1)
+    }
+
+    async fn list_change(
+        &self,
+        ctx: Ctx<'_>,
+        change: ListChange<'_>,
+    ) -> Result<bool, BackendError> {
+        let call = Call::new(&self.scripts.list).key(self.list_key(&ctx));
+        let call = match change {
+            ListChange::Add { entry, ttl } => {
+                call.arg("add").arg(entry).arg(ttl.map_or(-1, micros))
+            }
+            ListChange::Remove { entry } => call.arg("remove").arg(entry),
+        };
+        let changed: i64 = self.durably(call).await?;
+        Ok(changed == 1)
+    }
+
+    async fn list_read(&self, ctx: Ctx<'_>) -> Result<Vec<ListEntry>, BackendError> {
+        let (now, flat): (i64, Vec<String>) = self
+            .run(
+                Call::new(&self.scripts.list)
+                    .key(self.list_key(&ctx))
+                    .arg("read"),
+            )
+            .await?;
+        Ok(flat
+            .chunks(2)
+            .filter_map(|p| {
+                let exp: f64 = p.get(1)?.parse().ok()?;
+                let exp = exp as i64;
+                (exp == 0 || exp > now).then(|| ListEntry {
+                    entry: p[0].clone(),
+                    left: (exp > 0).then(|| crate::units::from_micros(exp - now)),
+                })
+            })
+            .collect())
     }
 
     async fn rate_state(&self, ctx: Ctx<'_>, rate: &RateSpec) -> Result<RateState, BackendError> {
