@@ -96,20 +96,16 @@ impl Limiter {
             .engine
             .reserve_n_now(self.ctx(), rate, cost, Duration::ZERO)?;
         Some(match answer {
-            Reservation::Granted {
-                slot_unix_us: Some(at_us),
-                ..
-            } => {
-                self.shared.metrics.record_instant_grant(at_us / 1000);
-                let mut permit = Permit::new(self.shared.name, None, Duration::ZERO);
-                permit.slot_unix_us = Some(at_us);
-                Some(permit)
-            }
-            Reservation::Granted {
-                slot_unix_us: None, ..
-            } => {
-                let mut permit = self.grant(None, Duration::ZERO);
-                permit.slot_unix_us = None;
+            Reservation::Granted { slot_unix_us, .. } => {
+                let mut permit = match slot_unix_us {
+                    Some(at_us) => {
+                        self.shared.metrics.record_instant_grant(at_us / 1000);
+                        Permit::new(self.shared.name, None, Duration::ZERO)
+                    }
+                    // An engine without a slot time: the grant's own clock reading.
+                    None => self.grant(None, Duration::ZERO),
+                };
+                permit.slot_unix_us = slot_unix_us;
                 Some(permit)
             }
             Reservation::Denied { .. } => {

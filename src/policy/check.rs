@@ -212,11 +212,14 @@ impl Policy {
                 || d.windows
                     .iter()
                     .any(|w| !w.allowed && w.action == WindowAction::Block);
-            d.action = if by_block {
-                Action::Block
-            } else {
-                Action::Throttle
-            };
+            // In shadow the request is admitted, and says so (`would_deny`).
+            if !shadow {
+                d.action = if by_block {
+                    Action::Block
+                } else {
+                    Action::Throttle
+                };
+            }
             let retry = refusing.map_or(Duration::ZERO, |w| w.retry_after);
             d.retry_after = Some(retry.max(out.banned_for.unwrap_or(Duration::ZERO)));
             if let Some(ban) = out.banned_for {
@@ -224,9 +227,6 @@ impl Policy {
             }
             d.allowed = shadow;
             d.would_deny |= shadow;
-        }
-        if shadow {
-            d.action = if refused { Action::Allow } else { d.action };
         }
         let deciding = refusing.or_else(|| {
             d.windows

@@ -162,7 +162,9 @@ impl Policy {
         Ok(changed)
     }
 
-    fn store_error(&self, e: crate::error::BackendError) -> Error {
+    /// A store failure outside a decision (bans and lists by hand), where
+    /// no failure mode applies: counted and returned.
+    pub(super) fn store_error(&self, e: crate::error::BackendError) -> Error {
         self.shared.metrics.record_backend_error();
         Error::PolicyBackend {
             policy: self.shared.name.to_string(),

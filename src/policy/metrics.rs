@@ -148,23 +148,24 @@ impl PolicyMetrics {
         if d.would_deny && d.allowed {
             self.would_deny.fetch_add(1, Relaxed);
         }
+        // A window without room is a violation: checks with none (most)
+        // take neither the windows' lock nor the recent list's.
         if d.violated {
             self.violations.fetch_add(1, Relaxed);
-        }
-        let windows = self
-            .windows
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for w in d.windows.iter().filter(|w| !w.allowed) {
-            if let Some(c) = windows.get(&*w.name) {
-                if w.action == super::rule::WindowAction::Monitor || d.allowed {
-                    c.would_deny.fetch_add(1, Relaxed);
-                } else {
-                    c.refused.fetch_add(1, Relaxed);
+            let windows = self
+                .windows
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for w in d.windows.iter().filter(|w| !w.allowed) {
+                if let Some(c) = windows.get(&*w.name) {
+                    if w.action == super::rule::WindowAction::Monitor || d.allowed {
+                        c.would_deny.fetch_add(1, Relaxed);
+                    } else {
+                        c.refused.fetch_add(1, Relaxed);
+                    }
                 }
             }
-        }
-        if d.violated {
+            drop(windows);
             let window = d.window.as_deref().unwrap_or_default().to_string();
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

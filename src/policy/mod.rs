@@ -56,7 +56,7 @@ pub use rule::{HeaderStyle, PolicyMode, PolicySpec, WindowAction, WindowAlgorith
 pub use violation::Violation;
 
 use crate::engine::{Ctx, Engine};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::key::StateKey;
 use std::future::Future;
 use std::sync::Arc;
@@ -248,18 +248,14 @@ impl Policy {
     }
 
     async fn set_ban(&self, key: &StateKey, duration: Option<Duration>) -> Result<bool> {
-        let (s, rules) = (&self.shared, self.rules());
         let ctx = Ctx {
             key,
-            metrics: &s.engine_metrics,
+            metrics: &self.shared.engine_metrics,
         };
-        rules.engine.set_ban(ctx, duration).await.map_err(|e| {
-            s.metrics.record_backend_error();
-            Error::PolicyBackend {
-                policy: s.name.to_string(),
-                store: rules.spec.store.clone(),
-                source: e,
-            }
-        })
+        self.rules()
+            .engine
+            .set_ban(ctx, duration)
+            .await
+            .map_err(|e| self.store_error(e))
     }
 }

@@ -534,14 +534,15 @@ impl Engine for PostgresEngine {
             .first()
             .ok_or_else(|| BackendError::new(ENGINE, "policy_check answered no row"))?;
         let (ban, started, now): (i64, bool, i64) = (first.get(0), first.get(1), first.get(2));
-        if ban > 0 && !started {
-            return Ok(PolicyOutcome::banned(crate::units::from_micros(ban))
-                .at(u64::try_from(now).unwrap_or(0)));
-        }
         let mut fits = Vec::with_capacity(rows.len());
         let mut states = Vec::with_capacity(rows.len());
         for (row, rule) in rows.iter().zip(check.rules) {
-            fits.push(row.get::<_, i64>(3));
+            // The one row of a ban that refused first carries no window;
+            // `from_wire` reads the ban.
+            let Some(fit) = row.get::<_, Option<i64>>(3) else {
+                break;
+            };
+            fits.push(fit);
             states.push(match policy_window_args(rule)[0] {
                 1 => vec![row.get::<_, i64>(4)],
                 2 => row.get::<_, Vec<i64>>(5),
