@@ -19,6 +19,21 @@ fn series(scrape: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Every series of `scrape` is one `exported_names` documents.
+fn only_documented_series(scrape: &str) {
+    let names = exported_names();
+    for line in scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        assert!(
+            names.iter().any(|n| n == name),
+            "unexpected series {name}: {line}"
+        );
+    }
+}
+
 async fn get(url: &str) -> String {
     // reqwest is built without a crypto provider of its own; the alert
     // channels install one, but this test must not depend on another
@@ -91,17 +106,7 @@ async fn metrics_endpoint_serves_exact_values() {
         "a key reached the metrics:\n{scrape}"
     );
     // Exactly the documented series, and no other.
-    let names = exported_names();
-    for line in scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let name = line.split(['{', ' ']).next().unwrap_or("");
-        assert!(
-            names.iter().any(|n| n == name),
-            "unexpected series {name}: {line}"
-        );
-    }
+    only_documented_series(&scrape);
     // The README's other promises of the endpoint, by value.
     assert_eq!(
         v(r#"ratesync_max_concurrent_reached_total{limiter="api"}"#),
@@ -188,17 +193,7 @@ async fn policy_metrics_are_exported_by_policy_and_window() {
         !scrape.contains("client-secret") && !scrape.contains("leaked-key"),
         "{scrape}"
     );
-    let names = exported_names();
-    for line in scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let name = line.split(['{', ' ']).next().unwrap_or("");
-        assert!(
-            names.iter().any(|n| n == name),
-            "unexpected series {name}: {line}"
-        );
-    }
+    only_documented_series(&scrape);
 }
 
 /// Every metric the shipped dashboard and alert rules use is one the exporter emits.

@@ -701,19 +701,7 @@ pub fn the_cli_checks_resets_and_holds(t: &Target, server: &str) {
             "[limiters.l]\nstore = \"s\"\nrate_per_second = 0.01\nburst = 2\nmax_concurrent = 1\n",
         ),
     );
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(ratesync_bin())
-            .arg("-c")
-            .arg(&config)
-            .args(args)
-            .output()
-            .expect("run ratesync");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| run_cli(&config, args);
     let (code, out, err) = run(&["check"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -892,16 +880,8 @@ pub fn a_ban_holds_in_every_process(t: &Target) {
         ),
     );
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(ratesync_bin())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .expect("run ratesync");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
+        let (code, out, _) = run_cli(&config, args);
+        (Some(code), out)
     };
     let eval = |key: &str| run(&["eval", "--policy", "api", "--key", key]);
     // A third request from a worker process bans `mallory` for 2 s.
@@ -964,15 +944,8 @@ pub fn list_changes_reach_other_processes_within_a_second(t: &Target) {
         ),
     );
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(ratesync_bin())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .expect("run ratesync");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        let (code, out, err) = run_cli(&config, args);
+        (Some(code), out + &err)
     };
     let mut opts = WorkerOpts::new("api", 2, 7.0);
     opts.mode = "try";

@@ -218,6 +218,22 @@ pub fn spawn_workers(
         .collect()
 }
 
+/// Runs the CLI on `config` with `args`: its exit code (-1 when a signal
+/// ended it), standard output and standard error.
+pub fn run_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ratesync_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run ratesync");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The unix time (ms) a little ahead, so every worker has connected first.
 pub fn start_soon() -> u64 {
     now_us() / 1000 + 1500
