@@ -712,3 +712,64 @@ fn windows_keep_their_state_by_algorithm_name_and_length() {
     let o = measure_and_replace(&other_algorithm, &mut cell, NS, 1, false);
     assert_eq!(o.windows[0].remaining, 3);
 }
+
+/// A store that fails mid-run: `fail_open` admits (marked degraded, counted,
+/// nothing counted in the windows), `fail_closed` refuses with an error
+/// naming the policy and the store; a stalled store delays only its own
+/// checks; lists keep their last copy; all recover when the store does.
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_follows_the_failure_mode_and_recovers() {
+    use ratesync::policy::ListKind;
+    use ratesync::testing::FaultyStore;
+    let store = Arc::new(FaultyStore::memory());
+    let reg = Registry::new();
+    reg.add_store("memory", store.clone());
+    reg.reload_from(
+        ratesync::Config::from_toml_str(
+            "[policies.open]\non_backend_error = \"fail_open\"\nwindows = [{ window = \"1m\", limit = 1 }]\n\
+             [policies.closed]\nwindows = [{ window = \"1m\", limit = 1 }]\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (open, closed) = (reg.policy("open").unwrap(), reg.policy("closed").unwrap());
+    let a = ip("192.0.2.1");
+    assert!(open
+        .list_add(ListKind::Deny, "203.0.113.0/24", None)
+        .await
+        .unwrap());
+    store.fail_policies(true);
+    let d = open.check(&a).await.unwrap();
+    assert!(d.allowed && d.degraded, "{d:?}");
+    let e = closed.check(&a).await.unwrap_err().to_string();
+    assert!(
+        e.contains("policy `closed`") && e.contains("store `memory`") && e.contains("fail_closed"),
+        "{e}"
+    );
+    assert!(open.block(&a, 60 * S, "test").await.is_err());
+    // The list copy survives refreshes that fail.
+    advance(3 * ratesync::policy::LIST_REFRESH).await;
+    assert_eq!(
+        open.check(&ip("203.0.113.5")).await.unwrap().action,
+        Action::Deny
+    );
+    assert_eq!(
+        (
+            open.metrics().backend_errors >= 2,
+            closed.metrics().backend_errors
+        ),
+        (true, 1)
+    );
+    // A slow store: the check waits for it, then decides.
+    store.fail_policies(false);
+    store.delay_reserve_answers(Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
+    assert!(
+        open.check(&a).await.unwrap().allowed,
+        "the degraded admission counted nothing"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    store.delay_reserve_answers(Duration::ZERO);
+    assert!(!open.check(&a).await.unwrap().allowed);
+    assert!(closed.check(&a).await.unwrap().allowed);
+}

@@ -21,8 +21,8 @@
 
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
-    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, RateRequest,
-    RateState, ReleaseSignal, Reservation,
+    BatchReservation, ConcurrencyState, Ctx, Engine, HolderId, LeaseOutcome, ListChange, ListEntry,
+    PolicyCheck, PolicyOutcome, RateRequest, RateState, ReleaseSignal, Reservation,
 };
 use crate::error::BackendError;
 use crate::quota::{ConcurrencySpec, RateSpec};
@@ -56,6 +56,7 @@ pub struct FaultyStore {
     reserve_answer_delay_us: AtomicU64,
     coalescing: AtomicBool,
     rate_round_trips: AtomicU64,
+    policies_fail: AtomicBool,
 }
 
 impl FaultyStore {
@@ -69,6 +70,7 @@ impl FaultyStore {
             reserve_answer_delay_us: AtomicU64::new(0),
             coalescing: AtomicBool::new(false),
             rate_round_trips: AtomicU64::new(0),
+            policies_fail: AtomicBool::new(false),
         }
     }
 
@@ -116,6 +118,24 @@ impl FaultyStore {
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
         answer
+    }
+
+    /// Makes every policy operation (checks, bans, lists) fail with a
+    /// backend error, as a store that went away would; `false` lets them
+    /// through again. Policy checks also take the delay of
+    /// [`delay_reserve_answers`](Self::delay_reserve_answers).
+    pub fn fail_policies(&self, on: bool) {
+        self.policies_fail.store(on, Ordering::SeqCst);
+    }
+
+    fn policy_fault(&self) -> Result<(), BackendError> {
+        if self.policies_fail.load(Ordering::SeqCst) {
+            return Err(BackendError::new(
+                self.kind(),
+                "injected: the store is unreachable",
+            ));
+        }
+        Ok(())
     }
 
     /// Reports `n` compare-and-set conflicts with every rate decision, as a
@@ -234,5 +254,47 @@ impl Engine for FaultyStore {
 
     async fn reset(&self, ctx: Ctx<'_>) -> Result<u64, BackendError> {
         self.inner.reset(ctx).await
+    }
+
+    fn runs_policies(&self) -> bool {
+        self.inner.runs_policies()
+    }
+
+    fn check_policy_spec(&self, spec: &crate::policy::PolicySpec) -> Result<(), String> {
+        self.inner.check_policy_spec(spec)
+    }
+
+    // No `check_policy_now`: every check goes through the faults below.
+    async fn check_policy(
+        &self,
+        ctx: Ctx<'_>,
+        check: &PolicyCheck<'_>,
+    ) -> Result<PolicyOutcome, BackendError> {
+        self.policy_fault()?;
+        let out = self.inner.check_policy(ctx, check).await;
+        self.answer_reserve(out).await
+    }
+
+    async fn set_ban(
+        &self,
+        ctx: Ctx<'_>,
+        duration: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        self.policy_fault()?;
+        self.inner.set_ban(ctx, duration).await
+    }
+
+    async fn list_change(
+        &self,
+        ctx: Ctx<'_>,
+        change: ListChange<'_>,
+    ) -> Result<bool, BackendError> {
+        self.policy_fault()?;
+        self.inner.list_change(ctx, change).await
+    }
+
+    async fn list_read(&self, ctx: Ctx<'_>) -> Result<Vec<ListEntry>, BackendError> {
+        self.policy_fault()?;
+        self.inner.list_read(ctx).await
     }
 }
