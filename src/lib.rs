@@ -72,6 +72,7 @@ pub mod duration;
 pub mod engine;
 mod error;
 pub mod gcra;
+mod interned;
 mod key;
 pub mod lease;
 mod limiter;

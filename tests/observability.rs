@@ -185,10 +185,9 @@ async fn policy_metrics_are_exported_by_policy_and_window() {
         v(r#"ratesync_policy_list_entries{list="deny",policy="api"}"#),
         1.0
     );
-    assert_eq!(
-        v(r#"ratesync_policy_eval_duration_seconds_count{policy="api"}"#),
-        5.0
-    );
+    // Memory checks are timed one in TIME_ONE_IN per thread, the first included.
+    let timed = v(r#"ratesync_policy_eval_duration_seconds_count{policy="api"}"#);
+    assert!((1.0..=5.0).contains(&timed), "{timed} of 5 checks timed");
     assert!(
         !scrape.contains("client-secret") && !scrape.contains("leaked-key"),
         "{scrape}"

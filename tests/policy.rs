@@ -108,7 +108,7 @@ async fn a_refused_request_takes_from_no_window() {
     }
     assert_eq!(ok, 8);
     let d = p.check(&a).await.unwrap();
-    assert_eq!((d.allowed, d.window.as_deref()), (false, Some("1h")));
+    assert_eq!((d.allowed, d.window), (false, Some("1h")));
 }
 
 #[tokio::test(start_paused = true)]
@@ -465,7 +465,9 @@ async fn metrics_after_a_scripted_sequence() {
     assert_eq!(m.recent_violations[1].window, "hour");
     assert_eq!(m.windows["1m"], (1, 0));
     assert_eq!(m.windows["hour"], (1, 0));
-    assert_eq!(m.eval_histogram.iter().map(|b| b.1).sum::<u64>(), 7);
+    // In-process checks are timed one in TIME_ONE_IN per thread, the first included.
+    let timed = m.eval_histogram.iter().map(|b| b.1).sum::<u64>();
+    assert!((1..=7).contains(&timed), "{timed} of 7 checks timed");
 }
 
 #[tokio::test(start_paused = true)]

@@ -306,7 +306,7 @@ fn validate_windows(
         let tag = WindowRule::state_tag(&WindowRule::state_name(&algorithm, &name, window));
         out.push(WindowRule {
             tag,
-            name: name.into(),
+            name: crate::interned::interned(&name),
             algorithm,
             action,
             block,

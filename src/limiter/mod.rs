@@ -66,7 +66,7 @@ pub struct Limiter {
 }
 
 pub(crate) struct Shared {
-    /// Interned (see [`interned`]): a permit carries it without touching a
+    /// Interned (see `crate::interned`): a permit carries it without touching a
     /// reference count.
     pub(crate) name: &'static str,
     pub(crate) spec: LimiterSpec,
@@ -99,29 +99,6 @@ pub struct LimiterState {
     pub concurrency: Option<ConcurrencyState>,
 }
 
-/// `name`, stored once for the life of the process.
-///
-/// Every permit names its limiter. As a shared `Arc<str>` that cost two
-/// locked instructions per grant on one counter all threads share (an
-/// in-process `try_acquire` spent ~5% of its time on the decrement alone,
-/// in `perf`). Limiter names come from configuration and code, never from
-/// a client, so the set is as small as the configuration: a name
-/// registered again (a reloaded registry) is found, not stored twice.
-fn interned(name: &str) -> &'static str {
-    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
-        std::sync::OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(&known) = names.get(name) {
-        return known;
-    }
-    let stored: &'static str = Box::leak(name.into());
-    names.insert(stored);
-    stored
-}
-
 impl Limiter {
     pub(crate) fn new(
         name: &str,
@@ -132,7 +109,7 @@ impl Limiter {
         Self {
             key: StateKey::new(name),
             shared: Arc::new(Shared {
-                name: interned(name),
+                name: crate::interned::interned(name),
                 spec,
                 engine,
                 metrics,

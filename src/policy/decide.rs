@@ -89,24 +89,36 @@ pub fn measure_and_replace(
     }
     cell.banned_until = 0;
     match_windows(rules, &mut cell.windows);
-    let fits: Vec<Result<(), u64>> = rules
+    // On the stack for the usual few windows: an allocation per check was
+    // a visible share of an in-process check (`perf`).
+    let (mut few, mut many) = ([Ok(()); 8], Vec::new());
+    let fits: &mut [Result<(), u64>] = if rules.len() <= few.len() {
+        &mut few[..rules.len()]
+    } else {
+        many.resize(rules.len(), Ok(()));
+        &mut many
+    };
+    for ((r, w), f) in rules
         .iter()
         .zip(cell.windows.iter_mut())
-        .map(|(r, w)| fits(&r.algorithm, w, now, cost))
-        .collect();
-    let refused = refuses(rules, &fits);
+        .zip(fits.iter_mut())
+    {
+        *f = self::fits(&r.algorithm, w, now, cost);
+    }
+    let fits = &*fits;
+    let refused = refuses(rules, fits);
     if !refused {
-        for ((rule, w), fit) in rules.iter().zip(cell.windows.iter_mut()).zip(&fits) {
+        for ((rule, w), fit) in rules.iter().zip(cell.windows.iter_mut()).zip(fits) {
             if fit.is_ok() {
                 take(&rule.algorithm, w, now, cost);
             }
         }
     }
-    let ban_ns = if shadow { 0 } else { ban_ns(rules, &fits) };
+    let ban_ns = if shadow { 0 } else { ban_ns(rules, fits) };
     if ban_ns > 0 {
         cell.banned_until = now.saturating_add(ban_ns);
     }
-    report(rules, &mut cell.windows, now, &fits, ban_ns)
+    report(rules, &mut cell.windows, now, fits, ban_ns)
 }
 
 /// Puts each rule's state at the rule's place, found by its tag: a reload

@@ -5,7 +5,6 @@
 
 use super::rule::{HeaderStyle, WindowAction};
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What a policy did with a request.
@@ -41,7 +40,7 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WindowReport {
     /// The window's name.
-    pub name: Arc<str>,
+    pub name: &'static str,
     /// Its limit (`q=`).
     pub limit: u32,
     /// Its length (`w=`).
@@ -80,10 +79,10 @@ pub struct Decision {
     /// What the policy did.
     pub action: Action,
     /// The policy's name.
-    pub policy: Arc<str>,
+    pub policy: &'static str,
     /// The window that decided: the refusing one (the one that refuses
     /// longest), else the enforcing one with the least room.
-    pub window: Option<Arc<str>>,
+    pub window: Option<&'static str>,
     /// That window's limit.
     pub limit: Option<u32>,
     /// That window's room left, for requests of cost 1.
@@ -208,8 +207,8 @@ impl Decision {
     }
 
     fn deciding_window(&self) -> Option<&WindowReport> {
-        let name = self.window.as_deref()?;
-        self.windows.iter().find(|w| &*w.name == name)
+        let name = self.window?;
+        self.windows.iter().find(|w| w.name == name)
     }
 
     /// For a refusal, an RFC 9457 problem-details body
@@ -230,7 +229,7 @@ impl Decision {
                 .windows
                 .iter()
                 .filter(|w| !w.allowed && w.action != WindowAction::Monitor)
-                .map(|w| &*w.name)
+                .map(|w| w.name)
                 .collect();
             let detail = match self.retry_after {
                 Some(r) => format!("retry in {} s", delay_seconds(r).max(1)),

@@ -47,7 +47,7 @@ pub(super) struct RuntimeLists {
 impl Policy {
     /// Where `list` lives in the store.
     fn list_key(&self, list: ListKind) -> StateKey {
-        StateKey::new(&self.shared.name).child(list.as_str())
+        StateKey::new(self.shared.name).child(list.as_str())
     }
 
     /// Adds `entry` (an exact key, an address, or a CIDR range, as in the
@@ -127,21 +127,13 @@ impl Policy {
             exempt: parse(&exempt),
             deny: parse(&deny),
         };
-        *self
-            .shared
-            .runtime
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        self.shared.runtime.store(Arc::new(fresh));
         Ok(())
     }
 
     /// Entries of the store's exempt and deny lists in this process's copy.
     pub(super) fn runtime_sizes(&self) -> (usize, usize) {
-        let rt = self
-            .shared
-            .runtime
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = self.shared.runtime.load();
         (rt.exempt.len(), rt.deny.len())
     }
 

@@ -27,7 +27,6 @@ struct WindowCounters {
 /// The live counters of one policy.
 #[derive(Default)]
 pub struct PolicyMetrics {
-    requests: AtomicU64,
     allowed: AtomicU64,
     throttled: AtomicU64,
     blocked: AtomicU64,
@@ -48,7 +47,7 @@ pub struct PolicyMetrics {
 impl std::fmt::Debug for PolicyMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyMetrics")
-            .field("requests", &self.requests)
+            .field("allowed", &self.allowed)
             .finish_non_exhaustive()
     }
 }
@@ -104,10 +103,12 @@ pub struct PolicyMetricsSnapshot {
     pub blacklisted_count: usize,
     /// Per window name: (refused, would_deny).
     pub windows: BTreeMap<String, (u64, u64)>,
-    /// Check latency: (upper bound in µs, count) per bucket, the last `+Inf`
-    /// as `u64::MAX`.
+    /// Check latency of the checks timed: (upper bound in µs, count) per
+    /// bucket, the last `+Inf` as `u64::MAX`. Checks the store answers over
+    /// the network are all timed; checks decided in this process one in
+    /// [`TIME_ONE_IN`](super::TIME_ONE_IN), an unbiased sample.
     pub eval_histogram: Vec<(u64, u64)>,
-    /// Total time spent in checks, in seconds.
+    /// Total time spent in the checks timed, in seconds.
     pub eval_seconds_total: f64,
 }
 
@@ -131,9 +132,8 @@ impl PolicyMetrics {
         }
     }
 
-    /// Counts one decision that took `took`.
-    pub fn record(&self, d: &Decision, took: Duration) {
-        self.requests.fetch_add(1, Relaxed);
+    /// Counts `d`, and its latency `took` when it was timed.
+    pub fn record(&self, d: &Decision, took: Option<Duration>) {
         let counter = match (d.allowed, d.action) {
             (true, Action::Exempt) => &self.exempt,
             (true, _) => &self.allowed,
@@ -157,7 +157,7 @@ impl PolicyMetrics {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for w in d.windows.iter().filter(|w| !w.allowed) {
-                if let Some(c) = windows.get(&*w.name) {
+                if let Some(c) = windows.get(w.name) {
                     if w.action == super::rule::WindowAction::Monitor || d.allowed {
                         c.would_deny.fetch_add(1, Relaxed);
                     } else {
@@ -166,7 +166,7 @@ impl PolicyMetrics {
                 }
             }
             drop(windows);
-            let window = d.window.as_deref().unwrap_or_default().to_string();
+            let window = d.window.unwrap_or_default().to_string();
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |t| t.as_millis() as u64);
@@ -183,6 +183,7 @@ impl PolicyMetrics {
                 at_ms,
             });
         }
+        let Some(took) = took else { return };
         let us = took.as_micros() as u64;
         let bucket = EVAL_BUCKETS_US
             .iter()
@@ -220,8 +221,10 @@ impl PolicyMetrics {
     /// The counters now; `rules`, `exempt` and `deny` are the policy's sizes.
     pub fn snapshot(&self, rules: usize, exempt: usize, deny: usize) -> PolicyMetricsSnapshot {
         let get = |a: &AtomicU64| a.load(Relaxed);
-        let total = get(&self.requests);
+        // Every request is allowed (exempt ones too) or refused one way:
+        // the total is their sum, not one more count every check takes.
         let refused = get(&self.throttled) + get(&self.blocked) + get(&self.denied);
+        let total = get(&self.allowed) + refused;
         PolicyMetricsSnapshot {
             total_requests: total,
             allowed_requests: get(&self.allowed),

@@ -62,7 +62,7 @@ impl WindowAction {
 pub struct WindowRule {
     /// Its name in headers, decisions and metrics (`"1s"` unless named);
     /// shared, since every decision names its windows.
-    pub name: std::sync::Arc<str>,
+    pub name: &'static str,
     /// How it counts.
     pub algorithm: WindowAlgorithm,
     /// What it does above its limit.

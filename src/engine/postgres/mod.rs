@@ -501,7 +501,7 @@ impl Engine for PostgresEngine {
             let args = policy_window_args(rule);
             wins.push(WindowRule::state_name(
                 &rule.algorithm,
-                &rule.name,
+                rule.name,
                 rule.window,
             ));
             for (col, a) in cols.iter_mut().zip(args) {

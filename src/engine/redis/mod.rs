@@ -293,7 +293,7 @@ impl RedisEngine {
             "{}:{{{}}}:p:{}",
             self.prefix,
             ctx.key.encoded(),
-            WindowRule::state_name(&rule.algorithm, &rule.name, rule.window)
+            WindowRule::state_name(&rule.algorithm, rule.name, rule.window)
         )
     }
 
