@@ -232,8 +232,64 @@ async fn manual_bans_hold_and_lift() {
             .unwrap()
             .allowed
     );
+    let listed = p.list_blocks().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0].key.as_str(),
+            listed[0].reason.as_str(),
+            listed[0].left
+        ),
+        ("p.mallory", "abuse report", 30 * S)
+    );
+    // A second ban of the key replaces its listing, whatever the reason says.
+    p.block(&u, 60 * S, "again\nand again").await.unwrap();
+    let listed = p.list_blocks().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].reason.as_str(), listed[0].left),
+        ("again and again", 60 * S)
+    );
     assert!(p.unblock(&u).await.unwrap());
     assert!(p.check(&u).await.unwrap().allowed);
+    assert_eq!(p.list_blocks().await.unwrap(), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bans_a_check_sets_are_listed_until_they_end() {
+    let p = policy(
+        "[policies.p]\nwindows = [{ window = \"1s\", limit = 1, action = \"block\", block_duration = \"1m\", name = \"burst\" }]",
+    )
+    .await;
+    let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+    for client in [&a, &a, &b] {
+        p.check(client).await.unwrap();
+    }
+    advance(10 * S).await;
+    p.check(&b).await.unwrap();
+    p.check(&b).await.unwrap();
+    // The index is written by a task behind the check: let it run.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let listed = p.list_blocks().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0].key.as_str(),
+            listed[0].reason.as_str(),
+            listed[0].left
+        ),
+        ("p.192=2E0=2E2=2E2", "window `burst` full", 60 * S)
+    );
+    assert_eq!(
+        (listed[1].key.as_str(), listed[1].left),
+        ("p.192=2E0=2E2=2E1", 50 * S)
+    );
+    advance(50 * S).await;
+    assert_eq!(p.list_blocks().await.unwrap().len(), 1);
+    advance(10 * S).await;
+    assert_eq!(p.list_blocks().await.unwrap(), []);
 }
 
 #[tokio::test(start_paused = true)]

@@ -129,6 +129,13 @@ enum Command {
         #[arg(long, default_value = "ratesync block")]
         reason: String,
     },
+    /// List the bans in force of a policy, on every host sharing its store,
+    /// longest left first.
+    Blocks {
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+    },
     /// Change or show a policy's exempt list in its store (every host holds
     /// a change within half a second).
     Allow {
@@ -305,6 +312,10 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
         } => {
             let registry = Registry::from_config(config).await?;
             policy::block(&registry, &policy, &key, Some(duration), &reason).await
+        }
+        Command::Blocks { policy } => {
+            let registry = Registry::from_config(config).await?;
+            policy::blocks(&registry, &policy).await
         }
         Command::Allow { op } => {
             let registry = Registry::from_config(config).await?;

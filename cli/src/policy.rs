@@ -122,6 +122,20 @@ pub async fn block(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ratesync blocks`: one line per ban in force (the stored key, the time
+/// left, why), or a line saying there is none.
+pub async fn blocks(registry: &Registry, name: &str) -> crate::worker::Result<ExitCode> {
+    let policy = registry.policy(name)?;
+    let bans = policy.list_blocks().await?;
+    if bans.is_empty() {
+        println!("policy {name}: no ban in force");
+    }
+    for b in bans {
+        println!("{}  {} left  {}", b.key, secs(b.left), b.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn window(w: &WindowRule) -> String {
     let mut s = format!(
         "{} {} per {} ({})",

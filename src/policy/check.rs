@@ -126,6 +126,10 @@ impl Policy {
                     self.apply(&mut d, rules, &out, shadow);
                     if commit && out.ban_started {
                         s.metrics.record_ban();
+                        if let Some(left) = out.banned_for {
+                            let why = format!("window `{}` full", d.window.unwrap_or_default());
+                            self.index_later(&key, left, why);
+                        }
                     }
                     if commit && d.violated {
                         self.report_violation(&d, &key, &r);

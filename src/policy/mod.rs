@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bans;
 mod check;
 pub mod decide;
 mod decision;
@@ -47,6 +48,7 @@ mod request;
 pub mod rule;
 mod violation;
 
+pub use bans::{BlockEntry, BAN_INDEX_QUEUE, MAX_BAN_REASON};
 pub use check::TIME_ONE_IN;
 pub use decision::{Action, Decision, WindowReport};
 pub use list::KeyList;
@@ -56,13 +58,11 @@ pub use request::{KeyPart, Request};
 pub use rule::{HeaderStyle, PolicyMode, PolicySpec, WindowAction, WindowAlgorithm, WindowRule};
 pub use violation::Violation;
 
-use crate::engine::{Ctx, Engine};
-use crate::error::Result;
+use crate::engine::Engine;
 use crate::key::StateKey;
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A named policy, cheap to clone (an `Arc` inside). Get one from
 /// [`Registry::policy`](crate::Registry::policy).
@@ -79,6 +79,8 @@ struct Shared {
     /// Engine-level counters (compare-and-set conflicts), as a limiter has.
     engine_metrics: crate::metrics::Metrics,
     violations: violation::Violations,
+    /// Bans checks set, on their way to the store's ban index (`bans.rs`).
+    bans: bans::BanIndex,
     /// The rules in force, swapped whole by a reload; a check reads them
     /// once and decides on that one version. An `ArcSwap`, not a lock
     /// around an `Arc`: its read takes no count all threads share (the
@@ -147,6 +149,7 @@ impl Policy {
                 metrics,
                 engine_metrics: crate::metrics::Metrics::new(),
                 violations: Default::default(),
+                bans: Default::default(),
                 rules: ArcSwap::from_pointee(rules),
                 runtime: Default::default(),
             }),
@@ -213,46 +216,5 @@ impl Policy {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.shared.violations.add(hook);
-    }
-
-    /// Bans `request`'s key for `duration` on every host sharing the store
-    /// (a longer ban already there stays). `reason` goes to the log.
-    /// Returns whether a ban already held.
-    pub async fn block(&self, request: &Request, duration: Duration, reason: &str) -> Result<bool> {
-        let key = self.state_key(&self.rules(), request);
-        self.block_key(&key, duration, reason).await
-    }
-
-    /// Bans the key at `key` (a [`Violation::state_key`]) as
-    /// [`block`](Self::block) does.
-    pub async fn block_key(
-        &self,
-        key: &StateKey,
-        duration: Duration,
-        reason: &str,
-    ) -> Result<bool> {
-        tracing::info!(policy = %self.shared.name, key = %key.encoded(), seconds = duration.as_secs_f64(), reason, "key banned");
-        let held = self.set_ban(key, Some(duration)).await?;
-        self.shared.metrics.record_ban();
-        Ok(held)
-    }
-
-    /// Lifts `request`'s ban; returns whether one held.
-    pub async fn unblock(&self, request: &Request) -> Result<bool> {
-        let key = self.state_key(&self.rules(), request);
-        tracing::info!(policy = %self.shared.name, key = %key.encoded(), "ban lifted by hand");
-        self.set_ban(&key, None).await
-    }
-
-    async fn set_ban(&self, key: &StateKey, duration: Option<Duration>) -> Result<bool> {
-        let ctx = Ctx {
-            key,
-            metrics: &self.shared.engine_metrics,
-        };
-        self.rules()
-            .engine
-            .set_ban(ctx, duration)
-            .await
-            .map_err(|e| self.store_error(e))
     }
 }

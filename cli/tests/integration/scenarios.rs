@@ -921,9 +921,20 @@ pub fn a_ban_holds_in_every_process(t: &Target) {
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = eval("alice");
     assert!(code == Some(2) && out.contains("block (refused)"), "{out}");
+    // Listed by a third process, with its reason.
+    let (code, out) = run(&["blocks", "--policy", "api"]);
+    assert!(
+        code == Some(0)
+            && out
+                .lines()
+                .any(|l| l.starts_with("api.alice  ") && l.ends_with(" left  test")),
+        "{out}"
+    );
     let (code, out) = run(&["unblock", "--policy", "api", "--key", "alice"]);
     assert!(code == Some(0) && out.contains("ban lifted"), "{out}");
     assert_eq!(eval("alice").0, Some(0));
+    let (_, out) = run(&["blocks", "--policy", "api"]);
+    assert!(!out.contains("api.alice"), "{out}");
     println!(
         "{}: bans hold across processes and lift after block_duration",
         t.label
