@@ -72,6 +72,7 @@ pub mod duration;
 pub mod engine;
 mod error;
 pub mod gcra;
+pub mod http;
 mod interned;
 mod key;
 pub mod lease;
