@@ -97,6 +97,7 @@ pub mod window;
     doctest,
     feature = "prometheus",
     feature = "alerts",
+    feature = "axum",
     feature = "test-util"
 ))]
 #[doc = include_str!("../README.md")]
