@@ -48,11 +48,12 @@
 //! # drop(server); Ok(()) }
 //! ```
 
+pub use crate::http::ServeLimits;
 use crate::metrics::WAIT_BUCKETS_MS;
 use crate::registry::Registry;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -423,82 +424,27 @@ impl PrometheusExporter {
             .map_err(|source| TelemetryError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         let exporter = self.clone();
-        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-        let task = tokio::spawn(async move {
-            loop {
-                // At most `max_connections` at once: a client that opens
-                // sockets and never finishes a request cannot take the
-                // process's file descriptors (which the stores need to
-                // reconnect); further clients wait in the listen backlog.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
+        let task = crate::http::server::run(listener, limits, "metrics", move |req, _peer| {
+            let exporter = exporter.clone();
+            async move {
+                let (status, body) = if req.uri().path() == "/metrics" {
+                    (StatusCode::OK, exporter.encode())
+                } else {
+                    (
+                        StatusCode::NOT_FOUND,
+                        "not found; try /metrics\n".to_string(),
+                    )
                 };
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off rather
-                        // than spin, and try again.
-                        tracing::warn!(error = %e, "metrics endpoint cannot accept");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let exporter = exporter.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let service = hyper::service::service_fn(move |req: Request<_>| {
-                        let exporter = exporter.clone();
-                        async move {
-                            let (status, body) = if req.uri().path() == "/metrics" {
-                                (StatusCode::OK, exporter.encode())
-                            } else {
-                                (
-                                    StatusCode::NOT_FOUND,
-                                    "not found; try /metrics\n".to_string(),
-                                )
-                            };
-                            Response::builder()
-                                .status(status)
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(body)))
-                        }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(limits.header_timeout)
-                        .serve_connection(io, service);
-                    match tokio::time::timeout(limits.connection_lifetime, connection).await {
-                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended"),
-                        Ok(Ok(())) => {}
-                        Err(_) => tracing::debug!("metrics connection closed at its lifetime"),
-                    }
-                });
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = status;
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
             }
         });
         Ok(MetricsServer { addr: local, task })
-    }
-}
-
-/// Bounds on what clients of the `/metrics` endpoint can hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServeLimits {
-    /// Connections served at once (default 64); more wait to be accepted.
-    pub max_connections: usize,
-    /// Time a client has to send a request's headers, on a new or an idle
-    /// kept-alive connection (default 5 s): slow-loris clients are cut off.
-    pub header_timeout: std::time::Duration,
-    /// The longest a connection lives (default 60 s; a scraper reconnects).
-    pub connection_lifetime: std::time::Duration,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 64,
-            header_timeout: std::time::Duration::from_secs(5),
-            connection_lifetime: std::time::Duration::from_secs(60),
-        }
     }
 }
 

@@ -9,7 +9,7 @@ use ratesync::Registry;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 async fn registry(toml: &str) -> Registry {
     Registry::from_toml_str(toml).await.expect("valid config")
@@ -245,6 +245,7 @@ async fn a_failing_store_admits_or_answers_503_as_the_policy_says() {
 #[tokio::test(start_paused = true)]
 async fn axum_routes_are_keyed_by_their_connect_info() {
     use axum::extract::ConnectInfo;
+    use tower::BoxError;
     let reg =
         registry("[policies.api]\nkey = \"ip\"\nwindows = [{ window = \"1m\", limit = 1 }]\n")
             .await;

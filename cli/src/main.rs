@@ -10,6 +10,8 @@ use std::time::Duration;
 
 mod bench;
 mod policy;
+#[cfg(feature = "serve")]
+mod serve;
 mod worker;
 
 /// A command-line number of seconds (`--timeout 2.5`), checked like every
@@ -146,6 +148,15 @@ enum Command {
     Deny {
         #[command(subcommand)]
         op: policy::ListOp,
+    },
+    /// Serve policy decisions over HTTP (`/v1/check`, `/auth/{policy}` for
+    /// nginx, Traefik and Envoy, `/healthz`) until interrupted; SIGHUP
+    /// reloads the policies.
+    #[cfg(feature = "serve")]
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Lift a key's ban.
     Unblock {
@@ -328,6 +339,12 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
         Command::Unblock { policy, key } => {
             let registry = Registry::from_config(config).await?;
             policy::block(&registry, &policy, &key, None, "").await
+        }
+        #[cfg(feature = "serve")]
+        Command::Serve { listen } => {
+            let http = config.http.clone().unwrap_or_default();
+            let registry = long_running(config).await?;
+            serve::run(registry, &http, listen).await
         }
         Command::Worker(args) => {
             let registry = long_running(config).await?;

@@ -18,6 +18,7 @@
 //! and validated.
 
 pub mod env;
+pub mod http;
 pub mod limiter;
 pub mod policy;
 pub mod store;
@@ -46,6 +47,8 @@ pub struct Config {
     pub alerts: Option<crate::alert::config::AlertConfig>,
     /// Policies by name, already validated (see [`crate::policy`]).
     pub policies: BTreeMap<String, crate::policy::PolicySpec>,
+    /// The `[http]` table, if any (see [`http`]).
+    pub http: Option<http::HttpConfig>,
 }
 
 impl Config {
@@ -128,19 +131,22 @@ impl Config {
                         raw_policies.insert(name, p);
                     }
                 }
+                "http" => {
+                    let h: http::HttpConfig = deserialize(source_name, "http", value)?;
+                    h.validate(source_name)?;
+                    config.http = Some(h);
+                }
                 "alerts" => {
                     let alerts: crate::alert::config::AlertConfig =
                         deserialize(source_name, "alerts", value)?;
                     alerts.validate(source_name)?;
                     config.alerts = Some(alerts);
                 }
-                other => {
-                    return Err(ConfigError::new(
-                        source_name,
-                        other,
-                        "unknown key; expected `stores`, `limiters`, `policies` or `alerts`",
-                    ))
-                }
+                other => return Err(ConfigError::new(
+                    source_name,
+                    other,
+                    "unknown key; expected `stores`, `limiters`, `policies`, `http` or `alerts`",
+                )),
             }
         }
         if let Some(store) = config

@@ -2,7 +2,9 @@
 //! `http` feature how a request becomes a policy check ([`Identify`],
 //! `identify.rs`), the tower middleware applying a policy per request
 //! ([`RateLimitLayer`], `layer.rs`, over `service.rs` and `future.rs`), and
-//! the responses it answers with (`response.rs`).
+//! the responses it answers with (`response.rs`); with `serve` the
+//! decision service `ratesync serve` runs ([`DecisionService`],
+//! `serve.rs`) on the server loop it shares with `/metrics` (`server.rs`).
 
 mod client_ip;
 #[cfg(feature = "http")]
@@ -13,6 +15,10 @@ mod identify;
 mod layer;
 #[cfg(feature = "http")]
 pub mod response;
+#[cfg(feature = "serve")]
+mod serve;
+#[cfg(any(feature = "prometheus", feature = "serve"))]
+pub(crate) mod server;
 #[cfg(feature = "http")]
 mod service;
 
@@ -23,5 +29,9 @@ pub use future::ResponseFuture;
 pub use identify::{Identify, PeerAddr};
 #[cfg(feature = "http")]
 pub use layer::RateLimitLayer;
+#[cfg(feature = "serve")]
+pub use serve::{DecisionServer, DecisionService};
+#[cfg(any(feature = "prometheus", feature = "serve"))]
+pub use server::ServeLimits;
 #[cfg(feature = "http")]
 pub use service::RateLimit;

@@ -43,7 +43,8 @@ pub struct WindowReport {
     pub name: &'static str,
     /// Its limit (`q=`).
     pub limit: u32,
-    /// Its length (`w=`).
+    /// Its length (`w=`; JSON: seconds).
+    #[serde(serialize_with = "seconds::one")]
     pub window: Duration,
     /// What it does above its limit.
     pub action: WindowAction,
@@ -51,11 +52,14 @@ pub struct WindowReport {
     pub allowed: bool,
     /// Requests of cost 1 still possible at once.
     pub remaining: u32,
-    /// Until it holds nothing any more.
+    /// Until it holds nothing any more (JSON: seconds).
+    #[serde(serialize_with = "seconds::one")]
     pub reset_after: Duration,
-    /// Until the request would fit (zero when it did).
+    /// Until the request would fit (zero when it did; JSON: seconds).
+    #[serde(serialize_with = "seconds::one")]
     pub retry_after: Duration,
-    /// Until one more request of cost 1 fits (zero when one does).
+    /// Until one more request of cost 1 fits (zero when one does; JSON: seconds).
+    #[serde(serialize_with = "seconds::one")]
     pub next_after: Duration,
 }
 
@@ -87,11 +91,14 @@ pub struct Decision {
     pub limit: Option<u32>,
     /// That window's room left, for requests of cost 1.
     pub remaining: Option<u32>,
-    /// Until that window holds nothing.
+    /// Until that window holds nothing (JSON: seconds).
+    #[serde(serialize_with = "seconds::some")]
     pub reset_after: Option<Duration>,
-    /// For a refusal: until the request would be admitted.
+    /// For a refusal: until the request would be admitted (JSON: seconds).
+    #[serde(serialize_with = "seconds::some")]
     pub retry_after: Option<Duration>,
-    /// For a banned key: when the ban ends.
+    /// For a banned key: when the ban ends (JSON: Unix seconds).
+    #[serde(serialize_with = "seconds::unix")]
     pub blocked_until: Option<SystemTime>,
     /// Some window, enforcing or not, had no room for the request.
     pub violated: bool,
@@ -111,6 +118,30 @@ pub struct Decision {
     /// The headers the policy sends.
     #[serde(skip)]
     pub(crate) style: HeaderStyle,
+}
+
+/// Durations in JSON: seconds as a number (`1.5`), instants as Unix seconds.
+mod seconds {
+    use serde::Serializer;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub(super) fn one<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub(super) fn some<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn unix<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default()) {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// Whole seconds, rounded up (RFC 9110 delay-seconds): a client that waits

@@ -1,0 +1,48 @@
+//! `ratesync serve`: the decision service (`ratesync::http::DecisionService`)
+//! on one address until SIGINT or SIGTERM.
+
+use ratesync::config::http::HttpConfig;
+use ratesync::http::{DecisionService, ServeLimits};
+use ratesync::Registry;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+pub async fn run(
+    registry: Registry,
+    http: &HttpConfig,
+    listen: SocketAddr,
+) -> crate::worker::Result<ExitCode> {
+    let service = DecisionService::new(registry.clone(), http)
+        .map_err(|e| ratesync::Error::Unsupported(format!("[http]: {e}")))?;
+    let server = match service.serve(listen, ServeLimits::default()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ratesync: cannot listen on {listen}: {e}; is another process there?");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "ratesync serve: listening on http://{} (policies: {})",
+        server.addr(),
+        registry.policy_names().join(", ")
+    );
+    wait_for_stop().await;
+    drop(server);
+    registry.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
