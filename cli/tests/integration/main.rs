@@ -10,6 +10,8 @@ mod contract;
 mod cross_host;
 mod hosts;
 mod memory;
+#[cfg(all(unix, feature = "serve"))]
+mod nginx;
 mod policy_contract;
 mod readme;
 mod scenarios;
