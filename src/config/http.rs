@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! [http]
-//! trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]  # whose X-Forwarded-For / Forwarded count
+//! trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]  # whose forwarded-for header counts
+//! forwarded_header = "x-forwarded-for"          # or "forwarded": the one the proxies keep
 //! ipv6_prefix = 64                               # one key per IPv6 /64
 //! api_key_header = "X-Api-Key"
 //! user_header = "X-User"     # set by a gateway that authenticates (and overwrites it)
@@ -11,7 +12,7 @@
 //! ```
 
 use crate::error::ConfigError;
-use crate::http::ClientIp;
+use crate::http::{ClientIp, HopHeader};
 use serde::Deserialize;
 
 /// The `[http]` table (see the module docs).
@@ -22,6 +23,9 @@ pub struct HttpConfig {
     /// ranges); none by default.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies keep the hops in: `x-forwarded-for`
+    /// (default) or `forwarded`.
+    pub forwarded_header: Option<String>,
     /// Groups IPv6 clients by this prefix length (1 to 128).
     pub ipv6_prefix: Option<u8>,
     /// The header carrying the API key.
@@ -62,7 +66,11 @@ impl HttpConfig {
     }
 
     fn client_ip_checked(&self) -> Result<ClientIp, String> {
-        ClientIp::new(&self.trusted_proxies, self.ipv6_prefix)
+        let header = match &self.forwarded_header {
+            Some(h) => HopHeader::parse(h)?,
+            None => HopHeader::default(),
+        };
+        Ok(ClientIp::new(&self.trusted_proxies, self.ipv6_prefix)?.hops_in(header))
     }
 
     /// The client-address resolver these settings describe (a validated
@@ -92,6 +100,10 @@ mod tests {
                 "did you mean 10.0.0.0/8",
             ),
             ("ipv6_prefix = 0", "1 to 128"),
+            (
+                "forwarded_header = \"x-real-ip\"",
+                "\"x-forwarded-for\" or \"forwarded\"",
+            ),
             ("api_key_header = \"X Api\"", "http.api_key_header"),
             ("trusted = []", "trusted"),
         ] {

@@ -2,9 +2,12 @@
 //!
 //! The peer (the address the connection comes from) is the client, unless
 //! the peer is one of the configured `trusted_proxies`. Then the hops the
-//! proxies recorded (RFC 7239 `Forwarded: for=...`, else `X-Forwarded-For`)
-//! are walked **from the right**, each written by the hop after it, to the
-//! first address that is not a trusted proxy. The leftmost entry is never
+//! proxies recorded in one header (`X-Forwarded-For` by default, or RFC
+//! 7239 `Forwarded: for=...` when the proxies keep that one) are walked
+//! **from the right**, each written by the hop after it, to the first
+//! address that is not a trusted proxy. Only the header the proxies keep
+//! is read: a proxy that appends to one passes the other on from the
+//! client untouched, so reading both would let a client name itself. The leftmost entry is never
 //! taken on trust: any client can write it. A hop that does not parse
 //! (garbage, `unknown`, an obfuscated `_name`) ends the walk at the
 //! trusted proxy that wrote it: a malformed header is ignored, never
@@ -41,6 +44,38 @@ pub const MAX_HOPS: usize = 32;
 pub struct ClientIp {
     trusted: KeyList,
     ipv6_prefix: Option<u8>,
+    header: HopHeader,
+}
+
+/// The header the trusted proxies keep the hops in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HopHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (most proxies).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl HopHeader {
+    /// The header's name as the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HopHeader::XForwardedFor => "x-forwarded-for",
+            HopHeader::Forwarded => "forwarded",
+        }
+    }
+
+    /// The header named `name` (any case); `Err` says what to write.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(HopHeader::XForwardedFor),
+            "forwarded" => Ok(HopHeader::Forwarded),
+            _ => Err(format!(
+                "forwarded_header: `{name}` is not one the proxies keep hops in: write \"x-forwarded-for\" or \"forwarded\""
+            )),
+        }
+    }
 }
 
 impl ClientIp {
@@ -71,7 +106,19 @@ impl ClientIp {
         Ok(Self {
             trusted,
             ipv6_prefix,
+            header: HopHeader::default(),
         })
+    }
+
+    /// Reads the hops from `header` (default `X-Forwarded-For`).
+    pub fn hops_in(mut self, header: HopHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// The header the hops are read from.
+    pub fn hop_header(&self) -> HopHeader {
+        self.header
     }
 
     /// True when `ip` is a trusted proxy.
@@ -81,12 +128,12 @@ impl ClientIp {
 
     /// The client of a request from `peer` carrying the `Forwarded` header
     /// lines `forwarded` and the `X-Forwarded-For` lines
-    /// `x_forwarded_for`, in the order they came (see the module docs).
+    /// `x_forwarded_for`, in the order they came; only those of
+    /// [`hop_header`](Self::hop_header) count (see the module docs).
     pub fn client(&self, peer: IpAddr, forwarded: &[&str], x_forwarded_for: &[&str]) -> IpAddr {
-        let found = if !forwarded.is_empty() {
-            self.walk(peer, hops(forwarded).map(forwarded_for))
-        } else {
-            self.walk(peer, hops(x_forwarded_for).map(address))
+        let found = match self.header {
+            HopHeader::Forwarded => self.walk(peer, hops(forwarded).map(forwarded_for)),
+            HopHeader::XForwardedFor => self.walk(peer, hops(x_forwarded_for).map(address)),
         };
         self.group(found)
     }
@@ -180,7 +227,12 @@ mod tests {
         let r = behind(&["10.0.0.0/8"]);
         let peer = ip("203.0.113.9");
         assert_eq!(r.client(peer, &[], &["10.0.0.1"]), peer);
-        assert_eq!(r.client(peer, &["for=10.0.0.1"], &[]), peer);
+        assert_eq!(
+            r.clone()
+                .hops_in(HopHeader::Forwarded)
+                .client(peer, &["for=10.0.0.1"], &[]),
+            peer
+        );
         assert_eq!(r.client(peer, &[], &[]), peer);
     }
 
@@ -208,10 +260,14 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
+    fn only_the_header_the_proxies_keep_counts() {
+        // Proxies that keep X-Forwarded-For pass a client's Forwarded on.
         let r = behind(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.2");
         let fwd = ["for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\""];
+        assert_eq!(r.client(peer, &fwd, &["198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(r.client(peer, &fwd, &[]), peer);
+        let r = r.hops_in(HopHeader::Forwarded);
         assert_eq!(
             r.client(peer, &fwd, &["198.51.100.1"]),
             ip("2001:db8:cafe::17")
@@ -241,8 +297,9 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(r.client(peer, &["for=unknown"], &[]), peer);
-        assert_eq!(r.client(peer, &["for=_hidden, by=10.0.0.3"], &[]), peer);
+        let f = r.clone().hops_in(HopHeader::Forwarded);
+        assert_eq!(f.client(peer, &["for=unknown"], &[]), peer);
+        assert_eq!(f.client(peer, &["for=_hidden, by=10.0.0.3"], &[]), peer);
         // Garbage left of an untrusted hop is never reached.
         assert_eq!(
             r.client(peer, &[], &["\u{0}\u{ff}, 198.51.100.3"]),

@@ -22,7 +22,7 @@ pub(crate) mod server;
 #[cfg(feature = "http")]
 mod service;
 
-pub use client_ip::{ClientIp, MAX_HOPS};
+pub use client_ip::{ClientIp, HopHeader, MAX_HOPS};
 #[cfg(feature = "http")]
 pub use future::ResponseFuture;
 #[cfg(feature = "http")]

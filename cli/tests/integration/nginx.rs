@@ -5,7 +5,6 @@
 //! (`.ci/run` installs it); the test starts its own on a free port.
 
 use crate::support::{have, ratesync_bin, scratch, skip_or_fail, write_config};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -40,27 +39,44 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// One GET with `headers`: the status and the headers of the answer.
-fn get(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, Vec<String>)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let mut lines = text.lines();
+/// One GET with `headers` from the local address `from` (any of
+/// 127.0.0.0/8 is this host): the status, the headers and the body.
+fn get_from(
+    from: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, Vec<String>, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let text = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{from}:0").parse().expect("an address"))?;
+        let mut s = socket.connect(addr).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+            .await
+            .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).into_owned())
+    })?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let head = lines
-        .take_while(|l| !l.is_empty())
-        .map(|l| l.to_ascii_lowercase())
-        .collect();
-    Ok((status, head))
+    let head = lines.map(|l| l.to_ascii_lowercase()).collect();
+    Ok((status, head, body.to_string()))
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, Vec<String>)> {
+    get_from("127.0.0.1", addr, path, headers).map(|(s, h, _)| (s, h))
 }
 
 fn wait_until_up(addr: SocketAddr, path: &str, what: &str) {
@@ -136,7 +152,7 @@ fn nginx_auth_request_refuses_with_429_and_the_copied_headers() {
     let config = write_config(
         &dir,
         "[policies.per_ip]\nkey = \"ip\"\nwindows = [{ window = \"1m\", limit = 2, name = \"minute\" }]\n\
-         [http]\n# nginx, and the test's client behind it, are on loopback.\ntrusted_proxies = [\"127.0.0.1\"]\n",
+         [http]\n# nginx connects from 127.0.0.1; its clients come from 127.0.0.2 and 127.0.0.3.\ntrusted_proxies = [\"127.0.0.1\"]\n",
     );
     let serve = Stopped(
         Command::new(ratesync_bin())
@@ -177,22 +193,35 @@ fn nginx_auth_request_refuses_with_429_and_the_copied_headers() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let client = |addr: &str| format!("X-Forwarded-For: {addr}\r\n");
+    // Two clients at 127.0.0.2 and 127.0.0.3; the first claims to be others.
     let header = |head: &[String], name: &str| {
         head.iter()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
     };
-    for left in ["1", "0"] {
-        let (status, head) = get(nginx_addr, "/", &client("203.0.113.1")).unwrap();
-        assert_eq!(status, 200, "{head:?}");
+    let spoofs = [
+        "",
+        "X-Forwarded-For: 127.0.0.3\r\n",
+        "X-Forwarded-For: 198.51.100.1, 127.0.0.1\r\nForwarded: for=198.51.100.9\r\n",
+    ];
+    for (left, spoof) in ["1", "0"].iter().zip(spoofs) {
+        let (status, head, body) = get_from("127.0.0.2", nginx_addr, "/", spoof).unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "ok\n"),
+            "the upstream answers: {head:?}"
+        );
         assert_eq!(
             header(&head, "ratelimit").as_deref(),
             Some(format!("\"minute\";r={left};t=60").as_str()),
             "{head:?}"
         );
     }
-    let (status, head) = get(nginx_addr, "/", &client("203.0.113.1")).unwrap();
-    assert_eq!(status, 429, "{head:?}");
+    let (status, head, body) = get_from("127.0.0.2", nginx_addr, "/", spoofs[2]).unwrap();
+    assert_eq!(
+        status, 429,
+        "a spoofed X-Forwarded-For is still 127.0.0.2: {head:?}"
+    );
+    assert_eq!(body, "too many requests\n");
     assert_eq!(
         header(&head, "retry-after").as_deref(),
         Some("60"),
@@ -203,9 +232,13 @@ fn nginx_auth_request_refuses_with_429_and_the_copied_headers() {
         Some("\"minute\";q=2;w=60"),
         "{head:?}"
     );
-    // Another client behind the same proxy has its own window.
-    let (status, _) = get(nginx_addr, "/", &client("203.0.113.2")).unwrap();
+    // The client it claimed to be has its own window, untouched.
+    let (status, head, _) = get_from("127.0.0.3", nginx_addr, "/", "").unwrap();
     assert_eq!(status, 200);
+    assert_eq!(
+        header(&head, "ratelimit").as_deref(),
+        Some("\"minute\";r=1;t=60")
+    );
     println!("nginx: auth_request through ratesync serve refuses with 429 and its headers");
     drop(nginx);
     drop(serve);
