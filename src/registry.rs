@@ -404,6 +404,17 @@ impl Registry {
             .clone()
     }
 
+    /// The names of all stores, sorted.
+    pub fn store_names(&self) -> Vec<String> {
+        self.inner
+            .stores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The names of all policies, sorted.
     pub fn policy_names(&self) -> Vec<String> {
         self.inner

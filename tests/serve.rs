@@ -231,3 +231,177 @@ async fn auth_keys_routes_by_the_original_uri_and_reads_the_api_key_header() {
     assert_eq!(ok.headers["ratelimit"], "\"minute\";r=1;t=60");
     assert_eq!(send(&s, &key("leaked")).await.status, 403);
 }
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token() {
+    let off = service("").await;
+    let a = send(&off, "GET /v1/blocks?policy=api HTTP/1.1").await;
+    assert_eq!(a.status, 403);
+    assert!(a.body.contains("http.admin_token"), "{}", a.body);
+    let s = service(&format!("[http]\nadmin_token = \"{TOKEN}\"\n")).await;
+    for auth in [
+        "",
+        "Authorization: Bearer wrong-token-0123456789\r\n",
+        "Authorization: Bearer test-admin-token-012345678\r\n",
+        "Authorization: test-admin-token-0123456789\r\n",
+        "Authorization: Basic dGVzdDp0ZXN0\r\n",
+    ] {
+        for path in [
+            "/v1/blocks?policy=api",
+            "/v1/lists/deny?policy=api",
+            "/v1/reload",
+        ] {
+            let a = send(&s, format!("GET {path} HTTP/1.1\r\n{auth}").trim_end()).await;
+            assert_eq!(a.status, 401, "{path} with {auth:?}: {}", a.body);
+            assert_eq!(a.headers["www-authenticate"], "Bearer");
+            assert!(!a.body.contains(TOKEN));
+        }
+    }
+}
+
+#[tokio::test]
+async fn bans_and_lists_are_managed_over_the_admin_api() {
+    let s = service(&format!("[http]\nadmin_token = \"{TOKEN}\"\n")).await;
+    let admin = |line: &str| format!("{line} HTTP/1.1\r\nAuthorization: Bearer {TOKEN}");
+    let banned = send(
+        &s,
+        &admin("POST /v1/blocks?policy=api&key=mallory&duration=15m&reason=abuse+report"),
+    )
+    .await;
+    assert_eq!(banned.status, 200, "{}", banned.body);
+    assert_eq!(banned.json()["a_ban_held"], false);
+    let check = |key: &str| format!("GET /v1/check?policy=api&key={key} HTTP/1.1");
+    let refused = send(&s, &check("mallory")).await;
+    assert_eq!(
+        (refused.status, refused.json()["action"].as_str()),
+        (429, Some("block"))
+    );
+    let listed = send(&s, &admin("GET /v1/blocks?policy=api")).await.json();
+    assert_eq!(listed[0]["key"], "api.mallory");
+    assert_eq!(listed[0]["reason"], "abuse report");
+    assert!(listed[0]["left"].as_f64().unwrap() > 899.0, "{listed}");
+    let lifted = send(&s, &admin("DELETE /v1/blocks?policy=api&key=mallory")).await;
+    assert_eq!(lifted.json()["lifted"], true);
+    assert_eq!(send(&s, &check("mallory")).await.status, 200);
+    // Lists: a deny entry holds at once on this host.
+    let added = send(
+        &s,
+        &admin("POST /v1/lists/deny?policy=api&entry=bad-key&ttl=1h"),
+    )
+    .await;
+    assert_eq!(added.json()["changed"], true, "{}", added.body);
+    assert_eq!(send(&s, &check("bad-key")).await.status, 403);
+    let entries = send(&s, &admin("GET /v1/lists/deny?policy=api"))
+        .await
+        .json();
+    assert_eq!(entries[0]["entry"], "bad-key");
+    assert!(entries[0]["left"].as_f64().unwrap() > 3599.0);
+    let removed = send(&s, &admin("DELETE /v1/lists/deny?policy=api&entry=bad-key")).await;
+    assert_eq!(removed.json()["removed"], true);
+    assert_eq!(send(&s, &check("bad-key")).await.status, 200);
+    // What it cannot take is named.
+    for (line, status, names) in [
+        (
+            "POST /v1/blocks?policy=api&key=k",
+            400,
+            "give `duration=...`",
+        ),
+        (
+            "POST /v1/blocks?policy=api&key=k&duration=soon",
+            400,
+            "`duration` must be a number",
+        ),
+        (
+            "POST /v1/lists/deny?policy=api&entry=10.0.0.1/8",
+            400,
+            "did you mean 10.0.0.0/8",
+        ),
+        (
+            "POST /v1/lists/other?policy=api&entry=x",
+            404,
+            "/v1/lists/exempt",
+        ),
+        ("PUT /v1/blocks?policy=api", 405, "GET, POST or DELETE"),
+        ("POST /v1/reload", 400, "not built from a file"),
+    ] {
+        let a = send(&s, &admin(line)).await;
+        assert_eq!(a.status, status, "{line}: {}", a.body);
+        assert!(a.body.contains(names), "{line}: {}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn readiness_and_metrics() {
+    let s = service("").await;
+    let ready = send(&s, "GET /readyz HTTP/1.1").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    send(&s, "GET /v1/check?policy=api&key=k HTTP/1.1").await;
+    let m = send(&s, "GET /metrics HTTP/1.1").await;
+    if cfg!(feature = "prometheus") {
+        assert_eq!(m.status, 200);
+        assert!(
+            m.body
+                .contains("ratesync_policy_requests_total{outcome=\"allowed\",policy=\"api\"} 1"),
+            "{}",
+            m.body
+        );
+    } else {
+        assert_eq!(m.status, 404);
+    }
+    // A store that does not answer makes the service unready, and says which.
+    let store = std::sync::Arc::new(ratesync::testing::FaultyStore::memory());
+    let reg = Registry::new();
+    reg.add_store("flaky", store.clone());
+    let down = DecisionService::new(reg, &Default::default())
+        .unwrap()
+        .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
+        .await
+        .unwrap();
+    store.fail_policies(true);
+    let a = send(&down, "GET /readyz HTTP/1.1").await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.body.contains("flaky"), "{}", a.body);
+    store.fail_policies(false);
+    assert_eq!(send(&down, "GET /readyz HTTP/1.1").await.status, 200);
+}
+
+#[tokio::test]
+async fn reload_over_the_admin_api_puts_a_new_file_in_force_and_keeps_a_bad_one_out() {
+    let dir = std::env::temp_dir().join(format!("ratesync-serve-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ratesync.toml");
+    let file = |limit: u32| {
+        format!("[policies.api]\nkey = \"api_key\"\nwindows = [{{ window = \"1m\", limit = {limit} }}]\n[http]\nadmin_token = \"{TOKEN}\"\n")
+    };
+    std::fs::write(&path, file(1)).unwrap();
+    let config = Config::from_file(&path).unwrap();
+    let http = config.http.clone().unwrap();
+    let registry = Registry::from_file(&path).await.unwrap();
+    let s = DecisionService::new(registry, &http)
+        .unwrap()
+        .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
+        .await
+        .unwrap();
+    let check = "GET /v1/check?policy=api&key=k HTTP/1.1";
+    let reload = format!("POST /v1/reload HTTP/1.1\r\nAuthorization: Bearer {TOKEN}");
+    assert_eq!(send(&s, check).await.status, 200);
+    assert_eq!(send(&s, check).await.status, 429);
+    std::fs::write(&path, file(3)).unwrap();
+    let a = send(&s, &reload).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json()["config_version"].as_u64().unwrap();
+    let d = send(&s, check).await;
+    assert_eq!(d.status, 200, "the new limit is in force");
+    assert_eq!(d.json()["config_version"].as_u64(), Some(v));
+    std::fs::write(&path, "[policies.api]\nwindows = \"not a list\"\n").unwrap();
+    let bad = send(&s, &reload).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("windows"), "{}", bad.body);
+    assert_eq!(
+        send(&s, check).await.json()["config_version"].as_u64(),
+        Some(v)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,6 +9,7 @@
 //! api_key_header = "X-Api-Key"
 //! user_header = "X-User"     # set by a gateway that authenticates (and overwrites it)
 //! tier_header = "X-Tier"     # likewise; `ratesync serve` only
+//! admin_token = "${RATESYNC_ADMIN_TOKEN}"  # `ratesync serve`'s admin API; off without it
 //! ```
 
 use crate::error::ConfigError;
@@ -34,7 +35,13 @@ pub struct HttpConfig {
     pub user_header: Option<String>,
     /// The header carrying the client's tier, set by a gateway.
     pub tier_header: Option<String>,
+    /// The bearer token of `ratesync serve`'s admin API (at least 16
+    /// characters); without it the admin API is off.
+    pub admin_token: Option<crate::secret::Secret>,
 }
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// True for an RFC 9110 token, what a header name is made of.
 fn is_header_name(name: &str) -> bool {
@@ -49,6 +56,15 @@ impl HttpConfig {
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
         self.client_ip_checked()
             .map_err(|msg| ConfigError::new(source, "http", msg))?;
+        if let Some(t) = &self.admin_token {
+            if t.expose().chars().count() < MIN_ADMIN_TOKEN {
+                return Err(ConfigError::new(
+                    source,
+                    "http.admin_token",
+                    format!("is shorter than {MIN_ADMIN_TOKEN} characters, which can be guessed: use a long random one (openssl rand -hex 32)"),
+                ));
+            }
+        }
         for (key, value) in [
             ("api_key_header", &self.api_key_header),
             ("user_header", &self.user_header),
@@ -106,11 +122,17 @@ mod tests {
             ),
             ("api_key_header = \"X Api\"", "http.api_key_header"),
             ("trusted = []", "trusted"),
+            ("admin_token = \"tiny-tok\"", "http.admin_token"),
         ] {
             let e = Config::from_toml_str(&format!("[http]\n{bad}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(names), "{bad}: {e}");
+            assert!(!e.contains("tiny-tok"), "the token is shown: {e}");
         }
+        let c =
+            Config::from_toml_str("[http]\nadmin_token = \"0123456789abcdef-secret\"\n").unwrap();
+        let shown = format!("{:?}", c.http);
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -16,7 +16,16 @@
 //!   429, for nginx, whose `auth_request` takes only 2xx, 401 and 403 (its
 //!   `error_page 401` then answers the client 429 with the copied headers).
 //!   `?cost=N` sets the cost.
-//! - `GET /healthz`: 200 while the service runs.
+//! - `GET /healthz`: 200 while the service runs; `GET /readyz`: 200 when
+//!   every store answers within 2 s, else 503 naming the ones that do not;
+//!   `GET /metrics` (with the `prometheus` feature): the Prometheus text.
+//! - The admin API, with `Authorization: Bearer <http.admin_token>` (off
+//!   without a token; a wrong or missing one is 401, compared in constant
+//!   time): `GET|POST|DELETE /v1/blocks?policy=P[&key=K&duration=15m&reason=R]`
+//!   lists, sets and lifts bans; `GET|POST|DELETE
+//!   /v1/lists/{exempt|deny}?policy=P[&entry=E&ttl=1h]` lists, adds and
+//!   removes list entries; `POST /v1/reload` reloads the configuration
+//!   file's policies.
 //!
 //! A store failure under `fail_closed` is 503 with `Retry-After: 1`;
 //! requests it cannot read (an unknown policy, a bad cost) get a
@@ -44,6 +53,11 @@ pub struct DecisionService {
 struct Shared {
     registry: Registry,
     identify: Identify,
+    /// SHA-256 of the admin token: compared digest to digest, so the time
+    /// a comparison takes says nothing of the token, not even its length.
+    admin_digest: Option<[u8; 32]>,
+    #[cfg(feature = "prometheus")]
+    exporter: Option<crate::telemetry::PrometheusExporter>,
 }
 
 impl std::fmt::Debug for DecisionService {
@@ -91,6 +105,8 @@ enum Stop {
     Unreadable(StatusCode, String),
     /// The store failed and the policy fails closed.
     Unavailable,
+    /// The admin API without its token.
+    Unauthorized,
 }
 
 impl Stop {
@@ -106,6 +122,18 @@ impl Stop {
                 answer(status, PROBLEM_JSON, body.to_string())
             }
             Stop::Unavailable => super::response::unavailable(),
+            Stop::Unauthorized => {
+                let mut r = Stop::Unreadable(
+                    StatusCode::UNAUTHORIZED,
+                    "the admin API needs `Authorization: Bearer <http.admin_token>`".to_string(),
+                )
+                .into_response();
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+                r
+            }
         }
     }
 }
@@ -208,8 +236,26 @@ impl DecisionService {
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             });
         }
+        let admin_digest = http
+            .admin_token
+            .as_ref()
+            .map(|t| digest(t.expose().as_bytes()));
+        #[cfg(feature = "prometheus")]
+        let exporter = match crate::telemetry::PrometheusExporter::new(&registry) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "no /metrics on the decision service");
+                None
+            }
+        };
         Ok(Self {
-            shared: Arc::new(Shared { registry, identify }),
+            shared: Arc::new(Shared {
+                registry,
+                identify,
+                admin_digest,
+                #[cfg(feature = "prometheus")]
+                exporter,
+            }),
         })
     }
 
@@ -246,10 +292,19 @@ impl DecisionService {
                 .await
         } else if path == "/healthz" {
             Ok(answer(StatusCode::OK, "text/plain", "ok\n".to_string()))
+        } else if path == "/readyz" {
+            Ok(self.ready().await)
+        } else if path == "/metrics" {
+            Ok(self.metrics())
+        } else if path == "/v1/blocks" || path == "/v1/reload" || path.starts_with("/v1/lists/") {
+            match self.admitted(req.headers()) {
+                Ok(()) => self.admin(req.method(), path, req.uri().query()).await,
+                Err(refused) => Err(refused),
+            }
         } else {
             Err(problem(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; try /v1/check?policy=P&key=K, /auth/POLICY or /healthz"
+                "no such endpoint; try /v1/check?policy=P&key=K, /auth/POLICY, /healthz, /readyz or /metrics"
                     .to_string(),
             ))
         };
@@ -331,6 +386,169 @@ impl DecisionService {
         Ok(r)
     }
 
+    /// `Ok` when `headers` carry the admin token.
+    fn admitted(&self, headers: &HeaderMap) -> Result<(), Stop> {
+        let Some(want) = &self.shared.admin_digest else {
+            return Err(problem(
+                StatusCode::FORBIDDEN,
+                "the admin API is off: set http.admin_token in the configuration".to_string(),
+            ));
+        };
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| digest(t.trim().as_bytes()));
+        match given {
+            Some(given) if same(&given, want) => Ok(()),
+            _ => Err(Stop::Unauthorized),
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Response<String>, Stop> {
+        let q = Query::parse(query)?;
+        let json = |v: serde_json::Value| answer(StatusCode::OK, "application/json", v.to_string());
+        let failed = |e: crate::Error| problem(StatusCode::BAD_REQUEST, e.to_string());
+        if path == "/v1/reload" {
+            if method != Method::POST {
+                return Err(problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "/v1/reload takes POST".into(),
+                ));
+            }
+            let v = self.shared.registry.reload().await.map_err(failed)?;
+            return Ok(json(serde_json::json!({ "config_version": v })));
+        }
+        let policy = self.policy(q.get("policy"))?;
+        let required = |name: &str| {
+            q.get(name)
+                .ok_or_else(|| problem(StatusCode::BAD_REQUEST, format!("give `{name}=...`")))
+        };
+        let duration = |name: &str, text: &str| {
+            crate::duration::parse_seconds(text, crate::duration::Range::POSITIVE)
+                .map_err(|e| problem(StatusCode::BAD_REQUEST, format!("`{name}` {e}")))
+        };
+        if path == "/v1/blocks" {
+            return Ok(json(match *method {
+                Method::GET => {
+                    let bans = policy.list_blocks().await.map_err(failed)?;
+                    serde_json::to_value(bans).unwrap_or_default()
+                }
+                Method::POST => {
+                    let req = policy.request_for(required("key")?);
+                    let d = duration("duration", required("duration")?)?;
+                    let reason = q.get("reason").unwrap_or("ratesync serve admin API");
+                    let held = policy.block(&req, d, reason).await.map_err(failed)?;
+                    serde_json::json!({ "banned": true, "a_ban_held": held })
+                }
+                Method::DELETE => {
+                    let req = policy.request_for(required("key")?);
+                    let held = policy.unblock(&req).await.map_err(failed)?;
+                    serde_json::json!({ "lifted": held })
+                }
+                _ => {
+                    return Err(problem(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "/v1/blocks takes GET, POST or DELETE".into(),
+                    ))
+                }
+            }));
+        }
+        let list = match path.strip_prefix("/v1/lists/") {
+            Some("exempt") => crate::policy::ListKind::Exempt,
+            Some("deny") => crate::policy::ListKind::Deny,
+            _ => {
+                return Err(problem(
+                    StatusCode::NOT_FOUND,
+                    "the lists are /v1/lists/exempt and /v1/lists/deny".into(),
+                ))
+            }
+        };
+        Ok(json(match *method {
+            Method::GET => {
+                let entries = policy.list_entries(list).await.map_err(failed)?;
+                serde_json::Value::Array(
+                    entries
+                        .into_iter()
+                        .map(|e| serde_json::json!({ "entry": e.entry, "left": e.left.map(|l| l.as_secs_f64()) }))
+                        .collect(),
+                )
+            }
+            Method::POST => {
+                let ttl = q.get("ttl").map(|t| duration("ttl", t)).transpose()?;
+                let changed = policy
+                    .list_add(list, required("entry")?, ttl)
+                    .await
+                    .map_err(failed)?;
+                serde_json::json!({ "changed": changed })
+            }
+            Method::DELETE => {
+                let removed = policy
+                    .list_remove(list, required("entry")?)
+                    .await
+                    .map_err(failed)?;
+                serde_json::json!({ "removed": removed })
+            }
+            _ => {
+                return Err(problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "the lists take GET, POST or DELETE".into(),
+                ))
+            }
+        }))
+    }
+
+    /// 200 when every store answers within [`READY_WITHIN`], else 503
+    /// naming those that do not (their errors go to the log).
+    async fn ready(&self) -> Response<String> {
+        let mut down = Vec::new();
+        for name in self.shared.registry.store_names() {
+            let Some(engine) = self.shared.registry.store(&name) else {
+                continue;
+            };
+            match tokio::time::timeout(READY_WITHIN, engine.describe()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(store = %name, error = %e, "not ready: the store does not answer");
+                    down.push(name);
+                }
+                Err(_) => {
+                    tracing::warn!(store = %name, "not ready: the store took over {} s", READY_WITHIN.as_secs());
+                    down.push(name);
+                }
+            }
+        }
+        if down.is_empty() {
+            answer(StatusCode::OK, "text/plain", "ready\n".to_string())
+        } else {
+            let mut r = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: store(s) {} do not answer", down.join(", ")),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+
+    fn metrics(&self) -> Response<String> {
+        #[cfg(feature = "prometheus")]
+        if let Some(e) = &self.shared.exporter {
+            return answer(StatusCode::OK, "text/plain; version=0.0.4", e.encode());
+        }
+        problem(
+            StatusCode::NOT_FOUND,
+            "this build has no /metrics: build with the `prometheus` feature".to_string(),
+        )
+        .into_response()
+    }
+
     /// Serves on `addr` within `limits` until the returned handle is dropped.
     pub async fn serve(
         self,
@@ -348,6 +566,19 @@ impl DecisionService {
         });
         Ok(DecisionServer { addr: local, task })
     }
+}
+
+/// How long `/readyz` waits for each store.
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// `a == b` in a time that does not depend on where they differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The status of `d`: 200, or its refusal's, a throttle or block as

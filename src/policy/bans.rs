@@ -33,7 +33,8 @@ pub struct BlockEntry {
     pub key: String,
     /// Why: the reason given to `block`, or the window that set it.
     pub reason: String,
-    /// Until the ban ends.
+    /// Until the ban ends (JSON: seconds).
+    #[serde(serialize_with = "super::decision::seconds::one")]
     pub left: Duration,
 }
 

@@ -121,22 +121,28 @@ pub struct Decision {
 }
 
 /// Durations in JSON: seconds as a number (`1.5`), instants as Unix seconds.
-mod seconds {
+pub(super) mod seconds {
     use serde::Serializer;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    pub(super) fn one<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(in crate::policy) fn one<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 
-    pub(super) fn some<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(in crate::policy) fn some<S: Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn unix<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(in crate::policy) fn unix<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default()) {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),

@@ -120,9 +120,9 @@ impl FaultyStore {
         answer
     }
 
-    /// Makes every policy operation (checks, bans, lists) fail with a
-    /// backend error, as a store that went away would; `false` lets them
-    /// through again. Policy checks also take the delay of
+    /// Makes every policy operation (checks, bans, lists) and the store's
+    /// health answer (`describe`) fail with a backend error, as a store that
+    /// went away would; `false` lets them through again. Policy checks also take the delay of
     /// [`delay_reserve_answers`](Self::delay_reserve_answers).
     pub fn fail_policies(&self, on: bool) {
         self.policies_fail.store(on, Ordering::SeqCst);
@@ -149,6 +149,11 @@ impl FaultyStore {
 impl Engine for FaultyStore {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    async fn describe(&self) -> Result<String, BackendError> {
+        self.policy_fault()?;
+        self.inner.describe().await
     }
 
     fn atomic_batches(&self) -> bool {
