@@ -424,7 +424,7 @@ impl PrometheusExporter {
             .map_err(|source| TelemetryError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         let exporter = self.clone();
-        let task = crate::http::server::run(listener, limits, "metrics", move |req, _peer| {
+        let running = crate::http::server::run(listener, limits, "metrics", move |req, _peer| {
             let exporter = exporter.clone();
             async move {
                 let (status, body) = if req.uri().path() == "/metrics" {
@@ -444,7 +444,10 @@ impl PrometheusExporter {
                 r
             }
         });
-        Ok(MetricsServer { addr: local, task })
+        Ok(MetricsServer {
+            addr: local,
+            running,
+        })
     }
 }
 
@@ -452,7 +455,8 @@ impl PrometheusExporter {
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    /// Kept whole: its stop signal, dropped, would read as "stop".
+    running: crate::http::server::Running,
 }
 
 impl MetricsServer {
@@ -464,6 +468,6 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.running.task.abort();
     }
 }

@@ -405,3 +405,44 @@ async fn reload_over_the_admin_api_puts_a_new_file_in_force_and_keeps_a_bad_one_
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn shutdown_lets_the_requests_under_way_finish_and_takes_no_more() {
+    let store = std::sync::Arc::new(ratesync::testing::FaultyStore::memory());
+    store.delay_reserve_answers(std::time::Duration::from_millis(400));
+    let reg = Registry::new();
+    reg.add_store("slow", store.clone());
+    reg.reload_from(
+        Config::from_toml_str(
+            "[stores.slow]\nengine = \"memory\"\n[policies.api]\nstore = \"slow\"\nwindows = [{ window = \"1m\", limit = 10 }]\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let server = DecisionService::new(reg, &Default::default())
+        .unwrap()
+        .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let under_way = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/check?policy=api&key=k HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = vec![0; 4096];
+        let n = s.read(&mut raw).await.unwrap();
+        String::from_utf8_lossy(&raw[..n]).into_owned()
+    });
+    // An idle kept-alive connection does not hold the shutdown up.
+    let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    assert!(server.shutdown(std::time::Duration::from_secs(5)).await);
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let answer = under_way.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

@@ -7,6 +7,9 @@ use ratesync::Registry;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+/// How long the requests under way may take to finish at shutdown.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(
     registry: Registry,
     http: &HttpConfig,
@@ -27,7 +30,13 @@ pub async fn run(
         registry.policy_names().join(", ")
     );
     wait_for_stop().await;
-    drop(server);
+    eprintln!(
+        "ratesync serve: stopping; the requests under way finish (up to {} s)",
+        GRACE.as_secs()
+    );
+    if !server.shutdown(GRACE).await {
+        eprintln!("ratesync serve: some requests did not finish in time and were cut off");
+    }
     registry.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -68,11 +68,12 @@ impl std::fmt::Debug for DecisionService {
     }
 }
 
-/// A running decision service; stops when dropped.
+/// A running decision service; stops at once when dropped, or gracefully
+/// with [`shutdown`](Self::shutdown).
 #[derive(Debug)]
 pub struct DecisionServer {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    running: Option<super::server::Running>,
 }
 
 impl DecisionServer {
@@ -80,11 +81,23 @@ impl DecisionServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Stops accepting connections, lets the requests under way finish
+    /// (idle kept-alive connections close at once) and waits for them up
+    /// to `grace`; true when every one finished in time.
+    pub async fn shutdown(mut self, grace: std::time::Duration) -> bool {
+        match self.running.take() {
+            Some(r) => r.shutdown(grace).await,
+            None => true,
+        }
+    }
 }
 
 impl Drop for DecisionServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(r) = &self.running {
+            r.task.abort();
+        }
     }
 }
 
@@ -557,14 +570,17 @@ impl DecisionService {
     ) -> std::io::Result<DecisionServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let task = run(listener, limits, "decision service", move |req, peer| {
+        let running = run(listener, limits, "decision service", move |req, peer| {
             let service = self.clone();
             async move {
                 let r = service.answer(&req, peer.ip()).await;
                 r.map(|body| Full::new(Bytes::from(body)))
             }
         });
-        Ok(DecisionServer { addr: local, task })
+        Ok(DecisionServer {
+            addr: local,
+            running: Some(running),
+        })
     }
 }
 

@@ -31,30 +31,62 @@ impl Default for ServeLimits {
     }
 }
 
+/// A running server loop (see [`run`]). Keep it whole while the loop
+/// runs: dropping its stop signal reads as "stop".
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    slots: Arc<tokio::sync::Semaphore>,
+    max: u32,
+}
+
+impl Running {
+    /// Stops accepting, lets every request under way finish (idle
+    /// kept-alive connections close at once), and waits for them up to
+    /// `grace`; true when all finished in time. Then the loop is gone.
+    pub(crate) async fn shutdown(self, grace: std::time::Duration) -> bool {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(grace, self.slots.acquire_many(self.max)).await;
+        self.task.abort();
+        matches!(drained, Ok(Ok(_)))
+    }
+}
+
 /// Serves `listener` with `handler` (given each request and its peer)
-/// within `limits`, until the task is aborted; `what` names the endpoint
+/// within `limits`, until aborted or shut down; `what` names the endpoint
 /// in logs.
 pub(crate) fn run<H, F>(
     listener: tokio::net::TcpListener,
     limits: ServeLimits,
     what: &'static str,
     handler: H,
-) -> tokio::task::JoinHandle<()>
+) -> Running
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    tokio::spawn(async move {
+    let max = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max as usize));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let accepting = slots.clone();
+    let task = tokio::spawn(async move {
+        let mut stop_accepting = stopped.clone();
         loop {
             // At most `max_connections` at once: a client that opens
             // sockets and never finishes a request cannot take the
             // process's file descriptors (which the stores need to
             // reconnect); further clients wait in the listen backlog.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
+            let slot = tokio::select! {
+                slot = accepting.clone().acquire_owned() => slot,
+                _ = stop_accepting.changed() => return,
             };
-            let (stream, peer) = match listener.accept().await {
+            let Ok(slot) = slot else { return };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop_accepting.changed() => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors and the like: back off rather
@@ -65,6 +97,7 @@ where
                 }
             };
             let handler = handler.clone();
+            let mut stop = stopped.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -76,12 +109,29 @@ where
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(limits.header_timeout)
                     .serve_connection(io, service);
-                match tokio::time::timeout(limits.connection_lifetime, connection).await {
+                let mut connection = std::pin::pin!(connection);
+                let served = async {
+                    tokio::select! {
+                        done = connection.as_mut() => done,
+                        _ = stop.changed() => {
+                            // The request under way finishes; no other starts.
+                            connection.as_mut().graceful_shutdown();
+                            connection.as_mut().await
+                        }
+                    }
+                };
+                match tokio::time::timeout(limits.connection_lifetime, served).await {
                     Ok(Err(e)) => tracing::debug!(endpoint = what, error = %e, "connection ended"),
                     Ok(Ok(())) => {}
                     Err(_) => tracing::debug!(endpoint = what, "connection closed at its lifetime"),
                 }
             });
         }
-    })
+    });
+    Running {
+        task,
+        stop,
+        slots,
+        max,
+    }
 }
