@@ -157,6 +157,10 @@ enum Command {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Also answer Envoy's rate limit service protocol (gRPC) here, with
+        /// the configuration's [envoy] rules.
+        #[arg(long)]
+        envoy_listen: Option<std::net::SocketAddr>,
     },
     /// Lift a key's ban.
     Unblock {
@@ -341,10 +345,14 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             policy::block(&registry, &policy, &key, None, "").await
         }
         #[cfg(feature = "serve")]
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            envoy_listen,
+        } => {
             let http = config.http.clone().unwrap_or_default();
+            let envoy = config.envoy.clone();
             let registry = long_running(config).await?;
-            serve::run(registry, &http, listen).await
+            serve::run(registry, &http, listen, envoy_listen.map(|a| (a, envoy))).await
         }
         Command::Worker(args) => {
             let registry = long_running(config).await?;

@@ -1,8 +1,9 @@
 //! `ratesync serve`: the decision service (`ratesync::http::DecisionService`)
 //! on one address until SIGINT or SIGTERM.
 
+use ratesync::config::envoy::EnvoyConfig;
 use ratesync::config::http::HttpConfig;
-use ratesync::http::{DecisionService, ServeLimits};
+use ratesync::http::{DecisionService, EnvoyService, ServeLimits};
 use ratesync::Registry;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ pub async fn run(
     registry: Registry,
     http: &HttpConfig,
     listen: SocketAddr,
+    envoy: Option<(SocketAddr, Option<EnvoyConfig>)>,
 ) -> crate::worker::Result<ExitCode> {
     let service = DecisionService::new(registry.clone(), http)
         .map_err(|e| ratesync::Error::Unsupported(format!("[http]: {e}")))?;
@@ -29,7 +31,35 @@ pub async fn run(
         server.addr(),
         registry.policy_names().join(", ")
     );
+    let envoy_server = match envoy {
+        None => None,
+        Some((_, None)) => {
+            eprintln!("ratesync: --envoy-listen needs [[envoy.rules]] in the configuration to map descriptors to policies");
+            return Ok(ExitCode::FAILURE);
+        }
+        Some((addr, Some(rules))) => {
+            let n = rules.rules.len();
+            let service =
+                EnvoyService::new(registry.clone(), rules).map_err(ratesync::Error::Unsupported)?;
+            match service.serve(addr, ServeLimits::default()).await {
+                Ok(s) => {
+                    println!(
+                        "ratesync serve: Envoy's rate limit service on {} ({n} rules)",
+                        s.addr()
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("ratesync: cannot listen on {addr}: {e}; is another process there?");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    };
     wait_for_stop().await;
+    if let Some(s) = envoy_server {
+        s.shutdown(GRACE).await;
+    }
     eprintln!(
         "ratesync serve: stopping; the requests under way finish (up to {} s)",
         GRACE.as_secs()

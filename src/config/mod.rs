@@ -18,6 +18,7 @@
 //! and validated.
 
 pub mod env;
+pub mod envoy;
 pub mod http;
 pub mod limiter;
 pub mod policy;
@@ -49,6 +50,8 @@ pub struct Config {
     pub policies: BTreeMap<String, crate::policy::PolicySpec>,
     /// The `[http]` table, if any (see [`http`]).
     pub http: Option<http::HttpConfig>,
+    /// The `[envoy]` table, if any (see [`envoy`]).
+    pub envoy: Option<envoy::EnvoyConfig>,
 }
 
 impl Config {
@@ -131,6 +134,9 @@ impl Config {
                         raw_policies.insert(name, p);
                     }
                 }
+                "envoy" => {
+                    config.envoy = Some(deserialize(source_name, "envoy", value)?);
+                }
                 "http" => {
                     let h: http::HttpConfig = deserialize(source_name, "http", value)?;
                     h.validate(source_name)?;
@@ -145,7 +151,7 @@ impl Config {
                 other => return Err(ConfigError::new(
                     source_name,
                     other,
-                    "unknown key; expected `stores`, `limiters`, `policies`, `http` or `alerts`",
+                    "unknown key; expected `stores`, `limiters`, `policies`, `http`, `envoy` or `alerts`",
                 )),
             }
         }
@@ -173,6 +179,9 @@ impl Config {
                 s == DEFAULT_STORE || config.stores.contains_key(s)
             })?;
             config.policies.insert(name, spec);
+        }
+        if let Some(envoy) = &config.envoy {
+            envoy.validate(source_name, |p| config.policies.contains_key(p))?;
         }
         Ok(config)
     }

@@ -7,6 +7,8 @@
 //! `serve.rs`) on the server loop it shares with `/metrics` (`server.rs`).
 
 mod client_ip;
+#[cfg(feature = "serve")]
+pub mod envoy;
 #[cfg(feature = "http")]
 mod future;
 #[cfg(feature = "http")]
@@ -23,6 +25,8 @@ pub(crate) mod server;
 mod service;
 
 pub use client_ip::{ClientIp, HopHeader, MAX_HOPS};
+#[cfg(feature = "serve")]
+pub use envoy::{EnvoyServer, EnvoyService};
 #[cfg(feature = "http")]
 pub use future::ResponseFuture;
 #[cfg(feature = "http")]

@@ -2,8 +2,7 @@
 //! with `prometheus`, the decision service with `serve`), within bounds a
 //! client cannot lift.
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +16,9 @@ pub struct ServeLimits {
     /// Time a client has to send a request's headers, on a new or an idle
     /// kept-alive connection (default 5 s): slow-loris clients are cut off.
     pub header_timeout: std::time::Duration,
-    /// The longest a connection lives (default 60 s; a client reconnects).
+    /// How long a connection lives (default 60 s): then it finishes the
+    /// request under way and closes (HTTP/2: GOAWAY), and is cut off if it
+    /// does not within as long again; a client reconnects.
     pub connection_lifetime: std::time::Duration,
 }
 
@@ -56,9 +57,9 @@ impl Running {
 }
 
 /// Serves `listener` with `handler` (given each request and its peer)
-/// within `limits`, until aborted or shut down; `what` names the endpoint
-/// in logs.
-pub(crate) fn run<H, F>(
+/// within `limits`, over HTTP/1.1 or HTTP/2 (as the client opens; gRPC is
+/// HTTP/2), until aborted or shut down; `what` names the endpoint in logs.
+pub(crate) fn run<H, F, B>(
     listener: tokio::net::TcpListener,
     limits: ServeLimits,
     what: &'static str,
@@ -66,7 +67,10 @@ pub(crate) fn run<H, F>(
 ) -> Running
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let max = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
     let slots = Arc::new(tokio::sync::Semaphore::new(max as usize));
@@ -107,25 +111,41 @@ where
                     async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let connection = hyper::server::conn::http1::Builder::new()
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                builder
+                    .http1()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .serve_connection(io, service);
+                    .header_read_timeout(limits.header_timeout);
+                builder.http2().timer(hyper_util::rt::TokioTimer::new());
+                let connection = builder.serve_connection(io, service);
                 let mut connection = std::pin::pin!(connection);
-                let served = async {
-                    tokio::select! {
-                        done = connection.as_mut() => done,
-                        _ = stop.changed() => {
-                            // The request under way finishes; no other starts.
-                            connection.as_mut().graceful_shutdown();
-                            connection.as_mut().await
+                let ended = tokio::select! {
+                    done = connection.as_mut() => Some(done),
+                    _ = stop.changed() => None,
+                    _ = tokio::time::sleep(limits.connection_lifetime) => None,
+                };
+                let done = match ended {
+                    Some(done) => done,
+                    None => {
+                        // Shut down, or at its lifetime: the request under
+                        // way finishes (HTTP/2 says GOAWAY), no other starts,
+                        // and a client that does not finish is cut off.
+                        connection.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(limits.connection_lifetime, connection.as_mut())
+                            .await
+                        {
+                            Ok(done) => done,
+                            Err(_) => {
+                                tracing::debug!(endpoint = what, "connection cut off");
+                                Ok(())
+                            }
                         }
                     }
                 };
-                match tokio::time::timeout(limits.connection_lifetime, served).await {
-                    Ok(Err(e)) => tracing::debug!(endpoint = what, error = %e, "connection ended"),
-                    Ok(Ok(())) => {}
-                    Err(_) => tracing::debug!(endpoint = what, "connection closed at its lifetime"),
+                if let Err(e) = done {
+                    tracing::debug!(endpoint = what, error = %e, "connection ended");
                 }
             });
         }
