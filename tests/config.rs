@@ -93,7 +93,7 @@ fn unknown_keys_are_errors() {
     assert!(e.starts_with("test.toml: limiters.api.bursts: unknown field `bursts`, expected one of `store`, `algorithm`, `rate_per_second`, `burst`,"), "{e}");
     assert_eq!(
         err("[limiter.api]\nrate_per_second = 1.0"),
-        "test.toml: limiter: unknown key; expected `stores`, `limiters`, `policies` or `alerts`"
+        "test.toml: limiter: unknown key; expected `stores`, `limiters`, `policies`, `http`, `envoy` or `alerts`"
     );
     let e = err("[stores.main]\nengine = \"memory\"\nhost = \"x\"");
     assert!(
