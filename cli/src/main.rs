@@ -349,7 +349,15 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
             listen,
             envoy_listen,
         } => {
-            let http = config.http.clone().unwrap_or_default();
+            let mut http = config.http.clone().unwrap_or_default();
+            // The admin token from the environment, when the file names none.
+            if http.admin_token.is_none() {
+                if let Ok(token) = std::env::var("RATESYNC_ADMIN_TOKEN") {
+                    http.admin_token = Some(token.into());
+                    http.validate("RATESYNC_ADMIN_TOKEN")
+                        .map_err(ratesync::Error::from)?;
+                }
+            }
             let envoy = config.envoy.clone();
             let registry = long_running(config).await?;
             serve::run(registry, &http, listen, envoy_listen.map(|a| (a, envoy))).await

@@ -28,7 +28,7 @@
 //! policy = "api"
 //! ```
 
-use super::server::{run, Running, ServeLimits};
+use super::server::{run, ServeLimits};
 use crate::config::envoy::EnvoyConfig;
 use crate::policy::Decision;
 use crate::registry::Registry;
@@ -197,35 +197,8 @@ impl std::fmt::Debug for EnvoyService {
     }
 }
 
-/// A running Envoy rate limit service; stops when dropped.
-#[derive(Debug)]
-pub struct EnvoyServer {
-    addr: SocketAddr,
-    running: Option<Running>,
-}
-
-impl EnvoyServer {
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops as [`DecisionServer::shutdown`](super::DecisionServer::shutdown) does.
-    pub async fn shutdown(mut self, grace: std::time::Duration) -> bool {
-        match self.running.take() {
-            Some(r) => r.shutdown(grace).await,
-            None => true,
-        }
-    }
-}
-
-impl Drop for EnvoyServer {
-    fn drop(&mut self) {
-        if let Some(r) = &self.running {
-            r.task.abort();
-        }
-    }
-}
+/// A running Envoy rate limit service (see [`ServerHandle`](super::ServerHandle)).
+pub type EnvoyServer = super::ServerHandle;
 
 fn unit(window: std::time::Duration) -> proto::Unit {
     if window.subsec_nanos() != 0 {
@@ -376,10 +349,7 @@ impl EnvoyService {
                 }
             },
         );
-        Ok(EnvoyServer {
-            addr: local,
-            running: Some(running),
-        })
+        Ok(EnvoyServer::new(local, running))
     }
 }
 

@@ -36,6 +36,6 @@ pub use layer::RateLimitLayer;
 #[cfg(feature = "serve")]
 pub use serve::{DecisionServer, DecisionService};
 #[cfg(any(feature = "prometheus", feature = "serve"))]
-pub use server::ServeLimits;
+pub use server::{ServeLimits, ServerHandle};
 #[cfg(feature = "http")]
 pub use service::RateLimit;

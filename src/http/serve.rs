@@ -68,38 +68,8 @@ impl std::fmt::Debug for DecisionService {
     }
 }
 
-/// A running decision service; stops at once when dropped, or gracefully
-/// with [`shutdown`](Self::shutdown).
-#[derive(Debug)]
-pub struct DecisionServer {
-    addr: SocketAddr,
-    running: Option<super::server::Running>,
-}
-
-impl DecisionServer {
-    /// The address it listens on (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting connections, lets the requests under way finish
-    /// (idle kept-alive connections close at once) and waits for them up
-    /// to `grace`; true when every one finished in time.
-    pub async fn shutdown(mut self, grace: std::time::Duration) -> bool {
-        match self.running.take() {
-            Some(r) => r.shutdown(grace).await,
-            None => true,
-        }
-    }
-}
-
-impl Drop for DecisionServer {
-    fn drop(&mut self) {
-        if let Some(r) = &self.running {
-            r.task.abort();
-        }
-    }
-}
+/// A running decision service (see [`ServerHandle`](super::ServerHandle)).
+pub type DecisionServer = super::ServerHandle;
 
 /// One answer: a status, headers and a body.
 fn answer(status: StatusCode, content_type: &'static str, body: String) -> Response<String> {
@@ -577,10 +547,7 @@ impl DecisionService {
                 r.map(|body| Full::new(Bytes::from(body)))
             }
         });
-        Ok(DecisionServer {
-            addr: local,
-            running: Some(running),
-        })
+        Ok(DecisionServer::new(local, running))
     }
 }
 

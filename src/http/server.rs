@@ -56,6 +56,48 @@ impl Running {
     }
 }
 
+/// A running endpoint (the decision service, Envoy's service); stops at
+/// once when dropped, or gracefully with [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    running: Option<Running>,
+}
+
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+impl ServerHandle {
+    pub(crate) fn new(addr: SocketAddr, running: Running) -> Self {
+        Self {
+            addr,
+            running: Some(running),
+        }
+    }
+
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets the requests under way finish
+    /// (idle kept-alive connections close at once) and waits for them up
+    /// to `grace`; true when every one finished in time.
+    pub async fn shutdown(mut self, grace: std::time::Duration) -> bool {
+        match self.running.take() {
+            Some(r) => r.shutdown(grace).await,
+            None => true,
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.task.abort();
+        }
+    }
+}
+
 /// Serves `listener` with `handler` (given each request and its peer)
 /// within `limits`, over HTTP/1.1 or HTTP/2 (as the client opens; gRPC is
 /// HTTP/2), until aborted or shut down; `what` names the endpoint in logs.

@@ -159,6 +159,8 @@ fn nginx_auth_request_refuses_with_429_and_the_copied_headers() {
             .args(["--config"])
             .arg(&config)
             .args(["serve", "--listen", &format!("127.0.0.1:{serve_port}")])
+            // The admin token from the environment (the file names none).
+            .env("RATESYNC_ADMIN_TOKEN", "nginx-test-admin-token-42")
             .stdout(Stdio::null())
             .spawn()
             .expect("start ratesync serve"),
@@ -239,6 +241,19 @@ fn nginx_auth_request_refuses_with_429_and_the_copied_headers() {
         header(&head, "ratelimit").as_deref(),
         Some("\"minute\";r=1;t=60")
     );
+    // The admin API of the same service takes the environment's token.
+    let bearer = "Authorization: Bearer nginx-test-admin-token-42\r\n";
+    let (status, _, body) = get_from(
+        "127.0.0.1",
+        serve_addr,
+        "/v1/lists/deny?policy=per_ip",
+        bearer,
+    )
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, _, _) =
+        get_from("127.0.0.1", serve_addr, "/v1/lists/deny?policy=per_ip", "").unwrap();
+    assert_eq!(status, 401);
     println!("nginx: auth_request through ratesync serve refuses with 429 and its headers");
     drop(nginx);
     drop(serve);
