@@ -192,30 +192,11 @@ impl Policy {
     }
 
     async fn index_entries(&self) -> Result<Vec<crate::engine::ListEntry>> {
-        let key = self.index_key();
-        let ctx = Ctx {
-            key: &key,
-            metrics: &self.shared.engine_metrics,
-        };
-        self.rules()
-            .engine
-            .list_read(ctx)
-            .await
-            .map_err(|e| self.store_error(e))
+        self.read_list(&self.index_key()).await
     }
 
     async fn index_change(&self, change: ListChange<'_>) -> Result<()> {
-        let key = self.index_key();
-        let ctx = Ctx {
-            key: &key,
-            metrics: &self.shared.engine_metrics,
-        };
-        self.rules()
-            .engine
-            .list_change(ctx, change)
-            .await
-            .map(drop)
-            .map_err(|e| self.store_error(e))
+        self.change_list(&self.index_key(), change).await.map(drop)
     }
 }
 

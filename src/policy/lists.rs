@@ -92,19 +92,35 @@ impl Policy {
 
     /// The entries of `list` in the store now (not those of the configuration).
     pub async fn list_entries(&self, list: ListKind) -> Result<Vec<ListEntry>> {
-        let key = self.list_key(list);
-        let rules = self.rules();
+        let mut entries = self.read_list(&self.list_key(list)).await?;
+        entries.sort_by(|a, b| a.entry.cmp(&b.entry));
+        Ok(entries)
+    }
+
+    /// The live entries of the list the store keeps at `key`.
+    pub(super) async fn read_list(&self, key: &StateKey) -> Result<Vec<ListEntry>> {
         let ctx = Ctx {
-            key: &key,
+            key,
             metrics: &self.shared.engine_metrics,
         };
-        let mut entries = rules
+        self.rules()
             .engine
             .list_read(ctx)
             .await
-            .map_err(|e| self.store_error(e))?;
-        entries.sort_by(|a, b| a.entry.cmp(&b.entry));
-        Ok(entries)
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// Changes the list the store keeps at `key`; true when it changed.
+    pub(super) async fn change_list(&self, key: &StateKey, change: ListChange<'_>) -> Result<bool> {
+        let ctx = Ctx {
+            key,
+            metrics: &self.shared.engine_metrics,
+        };
+        self.rules()
+            .engine
+            .list_change(ctx, change)
+            .await
+            .map_err(|e| self.store_error(e))
     }
 
     /// Reads both lists from the store into this process's copy now (the
@@ -138,17 +154,7 @@ impl Policy {
     }
 
     async fn change(&self, list: ListKind, change: ListChange<'_>) -> Result<bool> {
-        let key = self.list_key(list);
-        let rules = self.rules();
-        let ctx = Ctx {
-            key: &key,
-            metrics: &self.shared.engine_metrics,
-        };
-        let changed = rules
-            .engine
-            .list_change(ctx, change)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        let changed = self.change_list(&self.list_key(list), change).await?;
         tracing::info!(policy = %self.shared.name, list = list.as_str(), ?change, changed, "policy list changed");
         self.refresh_lists().await?;
         Ok(changed)
