@@ -424,26 +424,32 @@ impl PrometheusExporter {
             .map_err(|source| TelemetryError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         let exporter = self.clone();
-        let running = crate::http::server::run(listener, limits, "metrics", move |req, _peer| {
-            let exporter = exporter.clone();
-            async move {
-                let (status, body) = if req.uri().path() == "/metrics" {
-                    (StatusCode::OK, exporter.encode())
-                } else {
-                    (
-                        StatusCode::NOT_FOUND,
-                        "not found; try /metrics\n".to_string(),
-                    )
-                };
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                *r.status_mut() = status;
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                r
-            }
-        });
+        let running = crate::http::server::run(
+            listener,
+            limits,
+            crate::http::server::Protocol::Http1,
+            "metrics",
+            move |req, _peer| {
+                let exporter = exporter.clone();
+                async move {
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        (StatusCode::OK, exporter.encode())
+                    } else {
+                        (
+                            StatusCode::NOT_FOUND,
+                            "not found; try /metrics\n".to_string(),
+                        )
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                }
+            },
+        );
         Ok(MetricsServer {
             addr: local,
             running,

@@ -28,7 +28,7 @@
 //! policy = "api"
 //! ```
 
-use super::server::{run, ServeLimits};
+use super::server::{run, Protocol, ServeLimits};
 use crate::config::envoy::EnvoyConfig;
 use crate::policy::Decision;
 use crate::registry::Registry;
@@ -334,6 +334,7 @@ impl EnvoyService {
         let running = run(
             listener,
             limits,
+            Protocol::Http2,
             "envoy rate limit service",
             move |req, _peer| {
                 let service = self.clone();

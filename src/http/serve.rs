@@ -32,7 +32,7 @@
 //! problem-details body naming the parameter and what to send.
 
 use super::response::{add_headers, PROBLEM_JSON};
-use super::server::{run, ServeLimits};
+use super::server::{run, Protocol, ServeLimits};
 use super::Identify;
 use crate::config::http::HttpConfig;
 use crate::policy::{Decision, Policy};
@@ -540,13 +540,19 @@ impl DecisionService {
     ) -> std::io::Result<DecisionServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let running = run(listener, limits, "decision service", move |req, peer| {
-            let service = self.clone();
-            async move {
-                let r = service.answer(&req, peer.ip()).await;
-                r.map(|body| Full::new(Bytes::from(body)))
-            }
-        });
+        let running = run(
+            listener,
+            limits,
+            Protocol::Http1,
+            "decision service",
+            move |req, peer| {
+                let service = self.clone();
+                async move {
+                    let r = service.answer(&req, peer.ip()).await;
+                    r.map(|body| Full::new(Bytes::from(body)))
+                }
+            },
+        );
         Ok(DecisionServer::new(local, running))
     }
 }

@@ -98,12 +98,28 @@ impl Drop for ServerHandle {
     }
 }
 
+/// The protocol an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 only: every connection waits at most the header timeout
+    /// for its next request (the decision service, `/metrics`).
+    Http1,
+    /// HTTP/2 only (gRPC), at most [`MAX_STREAMS`] requests at once per
+    /// connection.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    Http2,
+}
+
+/// Concurrent requests per HTTP/2 connection, at most.
+pub(crate) const MAX_STREAMS: u32 = 64;
+
 /// Serves `listener` with `handler` (given each request and its peer)
-/// within `limits`, over HTTP/1.1 or HTTP/2 (as the client opens; gRPC is
-/// HTTP/2), until aborted or shut down; `what` names the endpoint in logs.
+/// within `limits` over `protocol`, until aborted or shut down; `what`
+/// names the endpoint in logs.
 pub(crate) fn run<H, F, B>(
     listener: tokio::net::TcpListener,
     limits: ServeLimits,
+    protocol: Protocol,
     what: &'static str,
     handler: H,
 ) -> Running
@@ -153,14 +169,21 @@ where
                     async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let mut builder = hyper_util::server::conn::auto::Builder::new(
+                let builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
+                let mut builder = match protocol {
+                    Protocol::Http1 => builder.http1_only(),
+                    Protocol::Http2 => builder.http2_only(),
+                };
                 builder
                     .http1()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(limits.header_timeout);
-                builder.http2().timer(hyper_util::rt::TokioTimer::new());
+                builder
+                    .http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .max_concurrent_streams(MAX_STREAMS);
                 let connection = builder.serve_connection(io, service);
                 let mut connection = std::pin::pin!(connection);
                 let ended = tokio::select! {
