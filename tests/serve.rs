@@ -15,7 +15,12 @@ async fn service(http: &str) -> DecisionServer {
     let config = Config::from_toml_str(&format!("{POLICIES}{http}")).expect("valid config");
     let http = config.http.clone().unwrap_or_default();
     let registry = Registry::from_config(config).await.expect("registry");
-    DecisionService::new(registry, &http)
+    serve(registry, &http).await
+}
+
+/// The decision service of `registry` on a free loopback port.
+async fn serve(registry: Registry, http: &ratesync::config::http::HttpConfig) -> DecisionServer {
+    DecisionService::new(registry, http)
         .expect("valid [http]")
         .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
         .await
@@ -354,11 +359,7 @@ async fn readiness_and_metrics() {
     let store = std::sync::Arc::new(ratesync::testing::FaultyStore::memory());
     let reg = Registry::new();
     reg.add_store("flaky", store.clone());
-    let down = DecisionService::new(reg, &Default::default())
-        .unwrap()
-        .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
-        .await
-        .unwrap();
+    let down = serve(reg, &Default::default()).await;
     store.fail_policies(true);
     let a = send(&down, "GET /readyz HTTP/1.1").await;
     assert_eq!(a.status, 503, "{}", a.body);
@@ -379,11 +380,7 @@ async fn reload_over_the_admin_api_puts_a_new_file_in_force_and_keeps_a_bad_one_
     let config = Config::from_file(&path).unwrap();
     let http = config.http.clone().unwrap();
     let registry = Registry::from_file(&path).await.unwrap();
-    let s = DecisionService::new(registry, &http)
-        .unwrap()
-        .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
-        .await
-        .unwrap();
+    let s = serve(registry, &http).await;
     let check = "GET /v1/check?policy=api&key=k HTTP/1.1";
     let reload = format!("POST /v1/reload HTTP/1.1\r\nAuthorization: Bearer {TOKEN}");
     assert_eq!(send(&s, check).await.status, 200);
@@ -419,11 +416,7 @@ async fn shutdown_lets_the_requests_under_way_finish_and_takes_no_more() {
         .unwrap(),
     )
     .unwrap();
-    let server = DecisionService::new(reg, &Default::default())
-        .unwrap()
-        .serve("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
-        .await
-        .unwrap();
+    let server = serve(reg, &Default::default()).await;
     let addr = server.addr();
     let under_way = tokio::spawn(async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
