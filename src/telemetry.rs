@@ -450,30 +450,10 @@ impl PrometheusExporter {
                 }
             },
         );
-        Ok(MetricsServer {
-            addr: local,
-            running,
-        })
+        Ok(MetricsServer::new(local, running))
     }
 }
 
-/// A running `/metrics` server; stops when dropped.
-#[derive(Debug)]
-pub struct MetricsServer {
-    addr: SocketAddr,
-    /// Kept whole: its stop signal, dropped, would read as "stop".
-    running: crate::http::server::Running,
-}
-
-impl MetricsServer {
-    /// The address it listens on (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.running.task.abort();
-    }
-}
+/// A running `/metrics` server; stops when dropped (see
+/// [`ServerHandle`](crate::http::ServerHandle)).
+pub type MetricsServer = crate::http::ServerHandle;

@@ -270,3 +270,50 @@ async fn axum_routes_are_keyed_by_their_connect_info() {
     assert_eq!(call("192.0.2.1:5001").await, 429);
     assert_eq!(call("192.0.2.2:5000").await, 200);
 }
+
+#[tokio::test(start_paused = true)]
+async fn only_the_header_the_proxies_keep_names_the_client() {
+    use ratesync::http::HopHeader;
+    let reg =
+        registry("[policies.api]\nkey = \"ip\"\nwindows = [{ window = \"1m\", limit = 1 }]\n")
+            .await;
+    let proxies = ClientIp::new(&["10.0.0.0/8"], None).unwrap();
+    for (hops, kept, other) in [
+        (HopHeader::XForwardedFor, "x-forwarded-for", "forwarded"),
+        (HopHeader::Forwarded, "forwarded", "x-forwarded-for"),
+    ] {
+        let app = app(
+            RateLimitLayer::new(reg.policy("api").unwrap())
+                .identify(Identify::new().client_ip(proxies.clone().hops_in(hops))),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let value = |addr: &str| match hops {
+            HopHeader::Forwarded => format!("for={addr}"),
+            HopHeader::XForwardedFor => addr.to_string(),
+        };
+        let (first, second) = match hops {
+            HopHeader::Forwarded => ("203.0.113.10", "203.0.113.11"),
+            HopHeader::XForwardedFor => ("203.0.113.20", "203.0.113.21"),
+        };
+        let proxied = |client: &str, spoof: &str| {
+            from("10.0.0.2")
+                .header(kept, value(client))
+                .header(other, spoof)
+        };
+        assert_eq!(
+            send(&app, proxied(first, "for=198.51.100.1"))
+                .await
+                .status(),
+            200
+        );
+        // The other header, which the proxies pass on from the client, changes nothing.
+        assert_eq!(
+            send(&app, proxied(first, "198.51.100.2")).await.status(),
+            429
+        );
+        assert_eq!(
+            send(&app, proxied(second, "198.51.100.2")).await.status(),
+            200
+        );
+    }
+}

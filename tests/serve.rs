@@ -439,3 +439,24 @@ async fn shutdown_lets_the_requests_under_way_finish_and_takes_no_more() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn auth_takes_the_tier_from_the_gateways_header() {
+    let config = Config::from_toml_str(
+        "[policies.tiered]\nkey = \"api_key\"\nwindows = [{ window = \"1m\", limit = 1 }]\n\
+         [policies.tiered.tiers.pro]\nwindows = [{ window = \"1m\", limit = 2 }]\n\
+         [http]\napi_key_header = \"X-Api-Key\"\ntier_header = \"X-Tier\"\n",
+    )
+    .unwrap();
+    let http = config.http.clone().unwrap();
+    let s = serve(Registry::from_config(config).await.unwrap(), &http).await;
+    let ask = |key: &str, tier: &str| {
+        format!("GET /auth/tiered HTTP/1.1\r\nX-Api-Key: {key}\r\nX-Tier: {tier}")
+    };
+    assert_eq!(send(&s, &ask("a", "pro")).await.status, 200);
+    assert_eq!(send(&s, &ask("a", "pro")).await.status, 200);
+    assert_eq!(send(&s, &ask("a", "pro")).await.status, 429);
+    // An unknown tier gets the default windows.
+    assert_eq!(send(&s, &ask("b", "gold")).await.status, 200);
+    assert_eq!(send(&s, &ask("b", "gold")).await.status, 429);
+}

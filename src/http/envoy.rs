@@ -278,16 +278,18 @@ impl EnvoyService {
                 .iter()
                 .map(|e| (e.key.as_str(), e.value.as_str()))
                 .collect();
-            let Some((rule, key)) = self.config.matching(&req.domain, &entries) else {
-                out.statuses.push(proto::DescriptorStatus {
-                    code: proto::Code::Ok as i32,
-                    ..Default::default()
+            let matched = self
+                .config
+                .matching(&req.domain, &entries)
+                .and_then(|(rule, key)| match self.registry.policy(&rule.policy) {
+                    Ok(policy) => Some((policy, key)),
+                    Err(_) => {
+                        // A reload took the policy away: not limited, and said.
+                        tracing::warn!(policy = %rule.policy, "an [envoy] rule names a policy no longer there");
+                        None
+                    }
                 });
-                continue;
-            };
-            let Ok(policy) = self.registry.policy(&rule.policy) else {
-                // A reload took the policy away: not limited, and said.
-                tracing::warn!(policy = %rule.policy, "an [envoy] rule names a policy no longer there");
+            let Some((policy, key)) = matched else {
                 out.statuses.push(proto::DescriptorStatus {
                     code: proto::Code::Ok as i32,
                     ..Default::default()

@@ -7,7 +7,7 @@
 //! is bounded and encoded where it is kept (see the key rules in the
 //! README), so no header can break a store or reach another client's key.
 
-use super::ClientIp;
+use super::{ClientIp, HopHeader};
 use crate::policy::{KeyPart, Policy, Request};
 use http::{Extensions, HeaderMap, HeaderName};
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +29,7 @@ pub struct Identify {
     api_key_header: Option<HeaderName>,
     user_header: Option<HeaderName>,
     user: Option<FromRequest>,
+    tier_header: Option<HeaderName>,
     tier: Option<FromRequest>,
 }
 
@@ -39,6 +40,7 @@ impl std::fmt::Debug for Identify {
             .field("api_key_header", &self.api_key_header)
             .field("user_header", &self.user_header)
             .field("user", &self.user.is_some())
+            .field("tier_header", &self.tier_header)
             .field("tier", &self.tier.is_some())
             .finish()
     }
@@ -89,6 +91,15 @@ impl Identify {
         self
     }
 
+    /// Takes the tier from header `name`, for a gateway that authenticates
+    /// and says which plan (`X-Tier`). Only where no client can set it:
+    /// behind a gateway that overwrites it, or any client can name the
+    /// largest tier (`ratesync serve`'s `http.tier_header`).
+    pub fn tier_header(mut self, name: &str) -> Result<Self, String> {
+        self.tier_header = Some(header_name("tier_header", name)?);
+        Ok(self)
+    }
+
     /// Takes the tier from `f` (say, the authenticated account's plan);
     /// `None`: the policy's default windows. Never from a header a client
     /// can set, or any client can name the largest tier.
@@ -121,17 +132,18 @@ impl Identify {
         None
     }
 
-    /// The client address of a request from `peer` with `headers`.
+    /// The client address of a request from `peer` with `headers`: only
+    /// the header the trusted proxies keep is read.
     pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let lines = |name: &str| -> Vec<&str> {
-            headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect()
-        };
-        self.client_ip
-            .client(peer, &lines("forwarded"), &lines("x-forwarded-for"))
+        let hops: Vec<&str> = headers
+            .get_all(self.client_ip.hop_header().name())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        match self.client_ip.hop_header() {
+            HopHeader::Forwarded => self.client_ip.client(peer, &hops, &[]),
+            HopHeader::XForwardedFor => self.client_ip.client(peer, &[], &hops),
+        }
     }
 
     /// The policy request for an HTTP request from `peer` (`None`: unknown)
@@ -163,7 +175,11 @@ impl Identify {
         if let Some(user) = user {
             req = req.user(user);
         }
-        if let Some(tier) = self.tier.as_ref().and_then(|f| f(headers, extensions)) {
+        let tier = match &self.tier {
+            Some(f) => f(headers, extensions),
+            None => self.tier_header.as_ref().and_then(text),
+        };
+        if let Some(tier) = tier {
             req = req.tier(tier);
         }
         for part in &policy.spec().key {

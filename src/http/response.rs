@@ -38,20 +38,30 @@ pub fn refusal<B: From<String>>(d: &Decision) -> Option<Response<B>> {
     Some(r)
 }
 
+/// A plain problem-details response (RFC 9457, `about:blank`): `status`,
+/// its reason as the title, and `detail`.
+pub fn problem<B: From<String>>(status: StatusCode, detail: &str) -> Response<B> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or_default(),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut r = Response::new(B::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    r
+}
+
 /// The response when the store failed and the policy fails closed: 503,
 /// `Retry-After: 1`, and a body that says nothing of the store (the log
 /// has the error).
 pub fn unavailable<B: From<String>>() -> Response<B> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": "the rate limit cannot be decided now; retry shortly",
-    });
-    let mut r = Response::new(B::from(body.to_string()));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    let mut r = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the rate limit cannot be decided now; retry shortly",
+    );
     r.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r

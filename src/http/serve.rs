@@ -95,15 +95,7 @@ enum Stop {
 impl Stop {
     fn into_response(self) -> Response<String> {
         match self {
-            Stop::Unreadable(status, detail) => {
-                let body = serde_json::json!({
-                    "type": "about:blank",
-                    "title": status.canonical_reason().unwrap_or_default(),
-                    "status": status.as_u16(),
-                    "detail": detail,
-                });
-                answer(status, PROBLEM_JSON, body.to_string())
-            }
+            Stop::Unreadable(status, detail) => super::response::problem(status, &detail),
             Stop::Unavailable => super::response::unavailable(),
             Stop::Unauthorized => {
                 let mut r = Stop::Unreadable(
@@ -211,13 +203,7 @@ impl DecisionService {
             identify = identify.user_header(h)?;
         }
         if let Some(h) = &http.tier_header {
-            let name = http::HeaderName::from_bytes(h.trim().as_bytes())
-                .map_err(|_| format!("tier_header: `{h}` is not a header name"))?;
-            identify = identify.tier_from(move |headers, _| {
-                headers
-                    .get(&name)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            });
+            identify = identify.tier_header(h)?;
         }
         let admin_digest = http
             .admin_token

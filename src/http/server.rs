@@ -35,7 +35,6 @@ impl Default for ServeLimits {
 /// A running server loop (see [`run`]). Keep it whole while the loop
 /// runs: dropping its stop signal reads as "stop".
 #[derive(Debug)]
-#[cfg_attr(not(feature = "serve"), allow(dead_code))] // /metrics alone never shuts down gracefully
 pub(crate) struct Running {
     pub(crate) task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -47,7 +46,6 @@ impl Running {
     /// Stops accepting, lets every request under way finish (idle
     /// kept-alive connections close at once), and waits for them up to
     /// `grace`; true when all finished in time. Then the loop is gone.
-    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
     pub(crate) async fn shutdown(self, grace: std::time::Duration) -> bool {
         let _ = self.stop.send(true);
         let drained = tokio::time::timeout(grace, self.slots.acquire_many(self.max)).await;
@@ -56,16 +54,15 @@ impl Running {
     }
 }
 
-/// A running endpoint (the decision service, Envoy's service); stops at
-/// once when dropped, or gracefully with [`shutdown`](Self::shutdown).
+/// A running endpoint (`/metrics`, the decision service, Envoy's
+/// service); stops at once when dropped, or gracefully with
+/// [`shutdown`](Self::shutdown).
 #[derive(Debug)]
-#[cfg_attr(not(feature = "serve"), allow(dead_code))]
 pub struct ServerHandle {
     addr: SocketAddr,
     running: Option<Running>,
 }
 
-#[cfg_attr(not(feature = "serve"), allow(dead_code))]
 impl ServerHandle {
     pub(crate) fn new(addr: SocketAddr, running: Running) -> Self {
         Self {
