@@ -64,10 +64,12 @@
 #![warn(missing_docs)]
 
 pub mod alert;
+pub mod analytics;
 pub mod audit;
 mod compose;
 pub mod config;
 pub mod counter;
+pub mod decision_log;
 pub mod duration;
 pub mod engine;
 mod error;

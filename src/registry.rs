@@ -46,6 +46,8 @@ struct Inner {
     reload_failures: AtomicU64,
     /// Told of every limiter, present and future (telemetry attaches here).
     watchers: RwLock<Vec<LimiterWatcher>>,
+    /// The decision log, when `[decision_log]` or a policy's `log_decisions` asks for one.
+    decision_log: RwLock<Option<crate::decision_log::DecisionLog>>,
 }
 
 /// A callback told of each limiter (its name and metrics) once.
@@ -89,6 +91,7 @@ impl Registry {
                 version: AtomicU64::new(1),
                 reload_failures: AtomicU64::new(0),
                 watchers: RwLock::new(Vec::new()),
+                decision_log: RwLock::new(None),
             }),
         }
     }
@@ -107,6 +110,17 @@ impl Registry {
                 .insert(name.clone(), store.clone());
         }
         let policies = registry.policy_engines(&config)?;
+        let wants_log = config.decision_log.is_some()
+            || config.policies.values().any(|p| !p.log.decisions.is_off());
+        if wants_log {
+            let settings = config.decision_log.clone().unwrap_or_default();
+            let log = crate::decision_log::DecisionLog::open(&settings, &config.stores).await?;
+            *registry
+                .inner
+                .decision_log
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(log);
+        }
         for (name, spec) in config.limiters {
             let engine = registry.store(&spec.store).ok_or_else(|| {
                 ConfigError::new(
@@ -126,7 +140,9 @@ impl Registry {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             for (name, (spec, engine)) in policies {
-                map.insert(name.clone(), Policy::new(&name, spec, engine, 1));
+                let p = Policy::new(&name, spec, engine, 1);
+                p.set_decision_log(registry.decision_log());
+                map.insert(name.clone(), p);
             }
             map.values().cloned().collect()
         };
@@ -238,12 +254,29 @@ impl Registry {
                 Some(p) => p.replace(spec, engine, version),
                 None => {
                     let p = Policy::new(&name, spec, engine, version);
+                    p.set_decision_log(self.decision_log());
                     p.keep_lists_fresh();
                     map.insert(name.clone(), p);
                 }
             }
         }
         tracing::info!(version, source = %config.source_name, policies = map.len(), "configuration reloaded");
+        if let Some(log) = self.decision_log() {
+            if config.decision_log.as_ref() != Some(log.settings()) && config.decision_log.is_some()
+            {
+                tracing::warn!(
+                    "[decision_log] changed; its settings take effect at the next start"
+                );
+            }
+            let detail = format!("version {version} from {}", config.source_name);
+            tokio::spawn(async move {
+                if let Err(e) = log.audit("registry", "reload", "", "", &detail).await {
+                    tracing::error!(error = %e, "cannot append the reload to the audit trail");
+                }
+            });
+        } else if map.values().any(|p| !p.spec().log.decisions.is_off()) {
+            tracing::warn!("a policy now sets log_decisions, but this process started without a decision log; it starts logging at the next start");
+        }
         Ok(version)
     }
 
@@ -509,7 +542,8 @@ impl Registry {
     }
 
     /// Waits (at most 5 s) until the slots of permits dropped in this process
-    /// have been given back to their stores. Call it before the program
+    /// have been given back to their stores, and (at most 5 s more) until
+    /// the decision log has written what is queued. Call it before the program
     /// exits: a permit dropped just before the runtime shuts down would
     /// otherwise keep its slot until its lease runs out. The registry stays
     /// usable.
@@ -517,6 +551,21 @@ impl Registry {
         if !crate::limiter::wait_for_releases(crate::limiter::RELEASE_GRACE).await {
             tracing::warn!("some concurrency slots were not given back within 5 s; they free themselves when their leases run out");
         }
+        if let Some(log) = self.decision_log() {
+            if let Err(e) = log.flush_within(crate::limiter::RELEASE_GRACE).await {
+                tracing::warn!(error = %e, "the decision log could not write everything queued");
+            }
+        }
+    }
+
+    /// The decision log (see [`crate::decision_log`]), when the
+    /// configuration has `[decision_log]` or a policy sets `log_decisions`.
+    pub fn decision_log(&self) -> Option<crate::decision_log::DecisionLog> {
+        self.inner
+            .decision_log
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every limiter's metrics with the time they were read, serialisable to JSON.

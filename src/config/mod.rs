@@ -17,6 +17,7 @@
 //! line and column), then each store and limiter is deserialised on its own
 //! and validated.
 
+pub mod decision_log;
 pub mod env;
 pub mod envoy;
 pub mod http;
@@ -52,6 +53,9 @@ pub struct Config {
     pub http: Option<http::HttpConfig>,
     /// The `[envoy]` table, if any (see [`envoy`]).
     pub envoy: Option<envoy::EnvoyConfig>,
+    /// The `[decision_log]` table, validated (defaults when absent; see
+    /// [`decision_log`]).
+    pub decision_log: Option<decision_log::LogSettings>,
 }
 
 impl Config {
@@ -110,6 +114,7 @@ impl Config {
         };
         let mut raw_limiters = BTreeMap::new();
         let mut raw_policies = BTreeMap::new();
+        let mut raw_log = None;
         for (key, value) in table {
             match key.as_str() {
                 "stores" => {
@@ -134,6 +139,13 @@ impl Config {
                         raw_policies.insert(name, p);
                     }
                 }
+                "decision_log" => {
+                    raw_log = Some(deserialize::<decision_log::DecisionLogConfig>(
+                        source_name,
+                        "decision_log",
+                        value,
+                    )?);
+                }
                 "envoy" => {
                     config.envoy = Some(deserialize(source_name, "envoy", value)?);
                 }
@@ -151,7 +163,7 @@ impl Config {
                 other => return Err(ConfigError::new(
                     source_name,
                     other,
-                    "unknown key; expected `stores`, `limiters`, `policies`, `http`, `envoy` or `alerts`",
+                    "unknown key; expected `stores`, `limiters`, `policies`, `http`, `envoy`, `decision_log` or `alerts`",
                 )),
             }
         }
@@ -179,6 +191,27 @@ impl Config {
                 s == DEFAULT_STORE || config.stores.contains_key(s)
             })?;
             config.policies.insert(name, spec);
+        }
+        if let Some(raw) = raw_log {
+            let settings = raw.validate(source_name, |store| match config.stores.get(store) {
+                None => Err(format!("no store named `{store}`; define [stores.{store}] with engine = \"postgres\", or remove `store` to log into a SQLite file")),
+                Some(s) if s.engine != EngineKind::Postgres => Err(format!("store `{store}` is of engine `{}`; the decision log is kept in PostgreSQL or SQLite: name a postgres store, or remove `store` for SQLite", s.engine.as_str())),
+                Some(_) => Ok(()),
+            })?;
+            config.decision_log = Some(settings);
+        }
+        if let Some((name, _)) = config.policies.iter().find(|(_, p)| {
+            p.log.keys == crate::decision_log::KeyPrivacy::Hashed
+                && config
+                    .decision_log
+                    .as_ref()
+                    .is_none_or(|l| l.key_secret.is_none())
+        }) {
+            return Err(ConfigError::new(
+                source_name,
+                format!("policies.{name}.log_keys"),
+                "\"hashed\" digests keys under decision_log.key_secret, which is not set: add key_secret = \"${RATESYNC_LOG_KEY_SECRET}\" to [decision_log]",
+            ));
         }
         if let Some(envoy) = &config.envoy {
             envoy.validate(source_name, |p| config.policies.contains_key(p))?;

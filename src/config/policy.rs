@@ -3,6 +3,7 @@
 //! (`policies.api.windows[1].block_duration`) and what to write instead.
 
 use crate::counter::{CountedWindow, SLIDING_SLOTS};
+use crate::decision_log::{IpPrivacy, KeyPrivacy, LogDecisions, LogRule};
 use crate::duration::{parse_seconds, Range};
 use crate::error::ConfigError;
 use crate::gcra::Gcra;
@@ -109,6 +110,50 @@ pub struct PolicyConfig {
     /// Per-tier windows.
     #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
+    /// Which decisions go to the decision log: `true`, `"denied"`, or a
+    /// sample rate between 0 and 1 (default: none).
+    pub log_decisions: Option<LogDecisionsConfig>,
+    /// `clear` (default) or `hashed`: logged keys and users as digests.
+    pub log_keys: Option<KeyPrivacy>,
+    /// `full` (default), `truncated` (/24, /48) or `none`.
+    pub log_ips: Option<IpPrivacy>,
+}
+
+/// `log_decisions = true`, `"denied"` or `0.1`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum LogDecisionsConfig {
+    /// Every decision, or none.
+    Flag(bool),
+    /// `"denied"` (or `"all"`, `"none"`).
+    Which(String),
+    /// A sample rate.
+    Rate(f64),
+}
+
+impl LogDecisionsConfig {
+    fn validate(&self) -> Result<LogDecisions, String> {
+        Ok(match self {
+            LogDecisionsConfig::Flag(true) => LogDecisions::All,
+            LogDecisionsConfig::Flag(false) => LogDecisions::Off,
+            LogDecisionsConfig::Which(w) => match w.as_str() {
+                "all" => LogDecisions::All,
+                "denied" => LogDecisions::Denied,
+                "none" => LogDecisions::Off,
+                other => {
+                    return Err(format!(
+                        "`{other}`: write true, false, \"denied\" or a sample rate such as 0.1"
+                    ))
+                }
+            },
+            LogDecisionsConfig::Rate(r) if *r > 0.0 && *r < 1.0 => LogDecisions::Sample(*r),
+            LogDecisionsConfig::Rate(r) if *r == 1.0 => LogDecisions::All,
+            LogDecisionsConfig::Rate(r) if *r == 0.0 => LogDecisions::Off,
+            LogDecisionsConfig::Rate(r) => {
+                return Err(format!("a sample rate is from 0 to 1, got {r}"))
+            }
+        })
+    }
 }
 
 /// Validates `[policies.NAME]`; `store_exists` says whether a store name is defined.
@@ -167,7 +212,17 @@ pub fn validate_policy(
             return Err(err("cost", format!("a request of {cost} can never fit window `{}` of {at} (at most {} at once); lower cost or raise the window's limit", w.name, w.algorithm.capacity())));
         }
     }
+    let log = LogRule {
+        decisions: p
+            .log_decisions
+            .as_ref()
+            .map_or(Ok(LogDecisions::Off), LogDecisionsConfig::validate)
+            .map_err(|e| err("log_decisions", e))?,
+        keys: p.log_keys.unwrap_or_default(),
+        ips: p.log_ips.unwrap_or_default(),
+    };
     Ok(PolicySpec {
+        log,
         store,
         key,
         windows,

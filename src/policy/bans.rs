@@ -89,6 +89,9 @@ impl Policy {
         self.shared.metrics.record_ban();
         self.unindex(key).await?;
         self.index(key, duration, reason).await?;
+        let detail = format!("{}s: {}", duration.as_secs_f64(), one_line(reason));
+        self.audit("ban", key.encoded(), detail.trim_end_matches(": "))
+            .await;
         Ok(held)
     }
 
@@ -98,6 +101,8 @@ impl Policy {
         tracing::info!(policy = %self.shared.name, key = %key.encoded(), "ban lifted by hand");
         let held = self.set_ban(&key, None).await?;
         self.unindex(&key).await?;
+        let detail = if held { "lifted" } else { "none held" };
+        self.audit("unban", key.encoded(), detail).await;
         Ok(held)
     }
 
@@ -130,7 +135,10 @@ impl Policy {
             tokio::spawn(async move {
                 while let Some((key, duration, queued, reason)) = rx.recv().await {
                     let Some(shared) = weak.upgrade() else { break };
-                    let policy = Policy { shared };
+                    let policy = Policy {
+                        shared,
+                        actor: Some("policy".into()),
+                    };
                     // Listed until the ban's end, however long it waited here.
                     let Some(left) = duration.checked_sub(queued.elapsed()) else {
                         continue;
@@ -139,6 +147,8 @@ impl Policy {
                         tracing::warn!(policy = %policy.name(), key = %key.encoded(), error = %e,
                             "cannot list a ban in the store's ban index; the ban holds");
                     }
+                    let detail = format!("{}s: {reason}", duration.as_secs_f64());
+                    policy.audit("ban", key.encoded(), &detail).await;
                 }
             });
             tx

@@ -68,6 +68,19 @@ impl Policy {
         }
     }
 
+    /// The key as the decision log shows it: the policy's key parts of
+    /// `request`, joined by `|` (`""` for a global key).
+    fn key_text(spec: &super::PolicySpec, request: &Request) -> String {
+        let mut out = String::new();
+        for (i, v) in spec.key.iter().filter_map(|p| p.value(request)).enumerate() {
+            if i > 0 {
+                out.push('|');
+            }
+            out.push_str(&v);
+        }
+        out
+    }
+
     async fn decide(&self, request: &Request, commit: bool) -> Result<Decision> {
         // Timed from here when sampled; a check the store answers over the
         // network is timed always (below).
@@ -82,6 +95,7 @@ impl Policy {
                 && (request.ip_addr().is_some_and(|ip| list.contains_ip(ip))
                     || request.identities().any(|i| list.contains_key(&i)))
         };
+        let cost = request.cost_given().unwrap_or(spec.cost);
         let (denied, exempt) = {
             let rt = s.runtime.load();
             (
@@ -96,7 +110,6 @@ impl Policy {
         } else if exempt {
             d.action = Action::Exempt;
         } else {
-            let cost = request.cost_given().unwrap_or(spec.cost);
             if cost == 0 {
                 return Err(Error::Unsupported(format!(
                     "policy `{}`: a request of cost 0 counts nothing; give a cost of at least 1",
@@ -158,6 +171,13 @@ impl Policy {
         }
         if commit {
             s.metrics.record(&d, started.map(|t| t.elapsed()));
+            if !spec.log.decisions.is_off() {
+                if let Some(log) = s.log.load().as_deref() {
+                    log.note(&spec.log, request, &d, cost, || {
+                        Self::key_text(spec, request)
+                    });
+                }
+            }
         }
         Ok(d)
     }

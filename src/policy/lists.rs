@@ -76,18 +76,24 @@ impl Policy {
                 list.as_str()
             ))
         })?;
-        self.change(list, ListChange::Add { entry, ttl }).await
+        let changed = self.change(list, ListChange::Add { entry, ttl }).await?;
+        let detail = ttl.map_or_else(
+            || "until removed".to_string(),
+            |t| format!("for {}s", t.as_secs_f64()),
+        );
+        self.audit(&format!("{}_add", list.as_str()), entry, &detail)
+            .await;
+        Ok(changed)
     }
 
     /// Removes `entry` from `list` in the store; returns whether it was there.
     pub async fn list_remove(&self, list: ListKind, entry: &str) -> Result<bool> {
-        self.change(
-            list,
-            ListChange::Remove {
-                entry: entry.trim(),
-            },
-        )
-        .await
+        let entry = entry.trim();
+        let removed = self.change(list, ListChange::Remove { entry }).await?;
+        let detail = if removed { "removed" } else { "was not listed" };
+        self.audit(&format!("{}_remove", list.as_str()), entry, detail)
+            .await;
+        Ok(removed)
     }
 
     /// The entries of `list` in the store now (not those of the configuration).
@@ -184,7 +190,10 @@ impl Policy {
             loop {
                 tokio::time::sleep(LIST_REFRESH).await;
                 let Some(shared) = weak.upgrade() else { break };
-                let policy = Policy { shared };
+                let policy = Policy {
+                        shared,
+                        actor: Some("policy".into()),
+                    };
                 match policy.refresh_lists().await {
                     Ok(()) if failing => {
                         failing = false;

@@ -69,6 +69,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Policy {
     shared: Arc<Shared>,
+    /// Who acts through this handle, for the audit trail ([`Policy::acting_as`]).
+    actor: Option<Arc<str>>,
 }
 
 /// What a policy keeps across reloads: its name, counters and hooks.
@@ -88,6 +90,8 @@ struct Shared {
     rules: ArcSwap<Rules>,
     /// This process's copy of the lists kept in the store (see `lists.rs`).
     runtime: ArcSwap<lists::RuntimeLists>,
+    /// Where decisions and enforcement actions are logged, if anywhere.
+    log: arc_swap::ArcSwapOption<crate::decision_log::DecisionLog>,
 }
 
 /// One version of a policy's rules and where they are decided.
@@ -152,7 +156,9 @@ impl Policy {
                 bans: Default::default(),
                 rules: ArcSwap::from_pointee(rules),
                 runtime: Default::default(),
+                log: Default::default(),
             }),
+            actor: None,
         }
     }
 
@@ -162,6 +168,44 @@ impl Policy {
         let rules = Rules::new(self.shared.name, spec, engine, version);
         self.shared.metrics.add_windows(rules.window_names());
         self.shared.rules.store(Arc::new(rules));
+    }
+
+    /// Logs this policy's decisions (as its `log_decisions` says) and
+    /// enforcement actions to `log`.
+    pub(crate) fn set_decision_log(&self, log: Option<crate::decision_log::DecisionLog>) {
+        self.shared.log.store(log.map(Arc::new));
+    }
+
+    /// The decision log this policy writes to, if any.
+    pub fn decision_log(&self) -> Option<crate::decision_log::DecisionLog> {
+        self.shared.log.load().as_deref().cloned()
+    }
+
+    /// This policy, its enforcement actions (bans, list changes) recorded
+    /// in the audit trail as done by `actor` (`"cli alice@host"`,
+    /// `"admin-api 10.0.0.5"`); without it they are `"library"`'s.
+    pub fn acting_as(&self, actor: impl Into<String>) -> Policy {
+        Policy {
+            shared: self.shared.clone(),
+            actor: Some(actor.into().into()),
+        }
+    }
+
+    /// Records an enforcement action in the audit trail, if the policy has
+    /// a decision log. A trail that cannot be written is logged, never a
+    /// reason to fail the action itself.
+    pub(crate) async fn audit(&self, action: &str, subject: &str, detail: &str) {
+        let Some(log) = self.decision_log() else {
+            return;
+        };
+        let actor = self.actor.as_deref().unwrap_or("library");
+        if let Err(e) = log
+            .audit(actor, action, self.shared.name, subject, detail)
+            .await
+        {
+            tracing::error!(policy = %self.shared.name, action, error = %e,
+                "cannot append to the audit trail; the action itself was done");
+        }
     }
 
     /// The rules in force now.

@@ -25,6 +25,8 @@ pub struct Request {
     headers: Vec<(String, String)>,
     tier: Option<String>,
     cost: Option<u32>,
+    path: Option<String>,
+    method: Option<String>,
 }
 
 impl Request {
@@ -74,6 +76,34 @@ impl Request {
     pub fn cost(mut self, cost: u32) -> Self {
         self.cost = Some(cost);
         self
+    }
+
+    /// The request's path, for the decision log (not a key part: use
+    /// `route` for that).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// The request's method, for the decision log.
+    pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.method = Some(method.into());
+        self
+    }
+
+    /// The path, if given.
+    pub fn path_given(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// The method, if given.
+    pub fn method_given(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// The user, if given.
+    pub fn user_given(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The client's address, if given.

@@ -175,6 +175,8 @@ pub struct PolicySpec {
     pub headers: HeaderStyle,
     /// What a store failure does.
     pub on_backend_error: crate::quota::FailureMode,
+    /// What goes to the decision log (see [`crate::decision_log`]).
+    pub log: crate::decision_log::LogRule,
 }
 
 impl PolicySpec {

@@ -136,7 +136,7 @@ const ENGINE: &str = "postgres";
 /// A failed request, with its causes: tokio-postgres says only `db error`
 /// and keeps the server's message (`index row size ... exceeds ...`) in the
 /// source. Redacted, since a server message may quote a DSN.
-pub(super) fn backend(e: impl std::error::Error) -> BackendError {
+pub(crate) fn backend(e: impl std::error::Error) -> BackendError {
     BackendError::new(ENGINE, crate::secret::redact(&causes(&e)))
 }
 
@@ -162,40 +162,67 @@ fn release_tag(state_key: &str) -> String {
         .collect()
 }
 
+/// A store's pool, its parsed settings and TLS, and its redacted URL.
+pub(crate) struct Connection {
+    pub(crate) pool: Pool,
+    pg_config: tokio_postgres::Config,
+    tls: Tls,
+    pub(crate) redacted: String,
+}
+
+/// Builds the pool of the store `name` (no connection is made yet), shared
+/// by the engine and the decision log's PostgreSQL sink.
+pub(crate) fn connection(name: &str, config: &StoreConfig) -> Result<Connection, Error> {
+    let (url, redacted) = config.connect_url();
+    let connect_err = Error::connect(name, &redacted);
+    let timeout = config.response_timeout();
+    let mut pg_config: tokio_postgres::Config =
+        url.parse().map_err(|e| connect_err(format!("{e}")))?;
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(config.connect_timeout());
+    }
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("ratesync");
+    }
+    let tls = tls_for(&pg_config, config.tls_ca_file.as_deref()).map_err(&connect_err)?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match &tls {
+        Tls::None => Manager::from_config(pg_config.clone(), NoTls, manager_config),
+        Tls::Rustls(t) => Manager::from_config(pg_config.clone(), t.clone(), manager_config),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(config.pool_size())
+        .wait_timeout(Some(timeout))
+        // Decisions are bounded by `response_timeout` as a whole (`one`);
+        // this bound lets the first connection and the migration take
+        // longer on a server that has just started.
+        .create_timeout(Some(config.connect_timeout()))
+        .recycle_timeout(Some(timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| connect_err(e.to_string()))?;
+    Ok(Connection {
+        pool,
+        pg_config,
+        tls,
+        redacted,
+    })
+}
+
 impl PostgresEngine {
     /// Connects to the store `name` described by `config` (its `url` or `dsn`
     /// is required) and applies the schema if needed.
     pub async fn connect(name: &str, config: &StoreConfig) -> Result<Self, Error> {
-        let (url, redacted) = config.connect_url();
+        let Connection {
+            pool,
+            pg_config,
+            tls,
+            redacted,
+        } = connection(name, config)?;
         let connect_err = Error::connect(name, &redacted);
         let timeout = config.response_timeout();
-        let mut pg_config: tokio_postgres::Config =
-            url.parse().map_err(|e| connect_err(format!("{e}")))?;
-        if pg_config.get_connect_timeout().is_none() {
-            pg_config.connect_timeout(config.connect_timeout());
-        }
-        if pg_config.get_application_name().is_none() {
-            pg_config.application_name("ratesync");
-        }
-        let tls = tls_for(&pg_config, config.tls_ca_file.as_deref()).map_err(&connect_err)?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match &tls {
-            Tls::None => Manager::from_config(pg_config.clone(), NoTls, manager_config),
-            Tls::Rustls(t) => Manager::from_config(pg_config.clone(), t.clone(), manager_config),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size())
-            .wait_timeout(Some(timeout))
-            // Decisions are bounded by `response_timeout` as a whole (`one`);
-            // this bound lets the first connection and the migration take
-            // longer on a server that has just started.
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| connect_err(e.to_string()))?;
         let schema = config.schema().to_string();
         migrate(&pool, &schema)
             .await
