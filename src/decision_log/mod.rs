@@ -237,6 +237,16 @@ impl DecisionLog {
         }
     }
 
+    /// `key` as `rule` keeps it: bounded, and digested under `log_keys = "hashed"`.
+    pub fn key_as_logged(&self, rule: &LogRule, key: &str) -> String {
+        match (rule.keys, &self.inner.settings.key_secret) {
+            (KeyPrivacy::Hashed, Some(s)) => {
+                crate::key::hash_key_with_secret(s.expose().as_bytes(), event::bounded_key(key))
+            }
+            _ => event::bounded_key(key),
+        }
+    }
+
     /// Logs `d`, the decision on `req`, if `rule` wants it: the policy's
     /// check calls this.
     pub(crate) fn note(
@@ -251,12 +261,7 @@ impl DecisionLog {
         if !rule.wants(denied, draw) {
             return;
         }
-        let digest = |v: &str| match (rule.keys, &self.inner.settings.key_secret) {
-            (KeyPrivacy::Hashed, Some(s)) => {
-                crate::key::hash_key_with_secret(s.expose().as_bytes(), event::bounded_key(v))
-            }
-            _ => event::bounded_key(v),
-        };
+        let digest = |v: &str| self.key_as_logged(rule, v);
         let text = |v: Option<&str>, max| v.map(|v| event::bounded(v, max));
         let action = if d.allowed && d.would_deny {
             "shadow"

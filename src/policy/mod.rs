@@ -199,8 +199,10 @@ impl Policy {
             return;
         };
         let actor = self.actor.as_deref().unwrap_or("library");
+        // A policy that logs keys as digests names its subjects so here too.
+        let subject = log.key_as_logged(&self.rules().spec.log, subject);
         if let Err(e) = log
-            .audit(actor, action, self.shared.name, subject, detail)
+            .audit(actor, action, self.shared.name, &subject, detail)
             .await
         {
             tracing::error!(policy = %self.shared.name, action, error = %e,

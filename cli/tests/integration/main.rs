@@ -8,6 +8,8 @@
 mod bench;
 mod contract;
 mod cross_host;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+mod decision_log;
 mod hosts;
 mod memory;
 #[cfg(all(unix, feature = "serve"))]

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// The schema every scenario shares; each keeps to a key prefix of its own.
 const SCHEMA: &str = "ratesync_it";
 
-fn database_url() -> String {
+pub(crate) fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_string())
 }
@@ -35,7 +35,7 @@ macro_rules! require_postgres {
 }
 
 /// One value from `psql`, for checks made outside the engine.
-fn psql(sql: &str) -> String {
+pub(crate) fn psql(sql: &str) -> String {
     sh(&format!("psql '{}' -Atc \"{sql}\"", database_url()))
         .trim()
         .to_string()
@@ -312,7 +312,7 @@ fn idle_rows_are_swept_in_the_background() {
 
 /// `pg_ctlcluster` of the newest cluster on this machine, or `$RATESYNC_PG_CTL`
 /// (a command taking `stop` or `start`).
-fn pg_ctl(action: &str) {
+pub(crate) fn pg_ctl(action: &str) {
     let cmd = std::env::var("RATESYNC_PG_CTL").unwrap_or_else(|_| {
         "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -n 1) main".to_string()
     });

@@ -5,5 +5,5 @@ SELECT COALESCE(path, '') AS p,
 FROM {t}ratesync_decisions
 WHERE key = $4 AND ts >= $1 AND ts < $2 AND (CAST($3 AS TEXT) IS NULL OR policy = CAST($3 AS TEXT))
 GROUP BY 1
-ORDER BY total DESC, p {binary}
+ORDER BY total DESC, COALESCE(path, '') {binary}
 LIMIT 20
