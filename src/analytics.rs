@@ -307,9 +307,35 @@ pub fn csv_field(text: &str) -> String {
     )
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ` (UTC, proleptic Gregorian).
+pub fn utc_time(unix_secs: i64) -> String {
+    let (days, rest) = (unix_secs.div_euclid(86_400), unix_secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(utc_time(951_825_600), "2000-02-29 12:00:00Z");
+    }
 
     #[test]
     fn days_are_clamped() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod bench;
 mod policy;
+mod report;
 #[cfg(feature = "serve")]
 mod serve;
 mod worker;
@@ -161,6 +162,21 @@ enum Command {
         /// the configuration's [envoy] rules.
         #[arg(long)]
         envoy_listen: Option<std::net::SocketAddr>,
+    },
+    /// Summarise the decision log: totals for today and the window, top
+    /// offenders, hits per rule (`--csv`: offenders as CSV); `report
+    /// offender KEY` for one key.
+    Report(report::ReportArgs),
+    /// The decision log: `cleanup` deletes what retention no longer keeps.
+    Log {
+        #[command(subcommand)]
+        op: report::LogOp,
+    },
+    /// The audit trail of enforcement actions: `verify` checks every link,
+    /// `list` prints it.
+    Audit {
+        #[command(subcommand)]
+        op: report::AuditOp,
     },
     /// Lift a key's ban.
     Unblock {
@@ -339,6 +355,18 @@ async fn run(cli: Cli) -> worker::Result<ExitCode> {
         Command::Deny { op } => {
             let registry = Registry::from_config(config).await?;
             policy::list(&registry, ratesync::policy::ListKind::Deny, op).await
+        }
+        Command::Report(args) => {
+            let registry = Registry::from_config(config).await?;
+            report::report(&registry, args).await
+        }
+        Command::Log { op } => {
+            let registry = Registry::from_config(config).await?;
+            report::log(&registry, op).await
+        }
+        Command::Audit { op } => {
+            let registry = Registry::from_config(config).await?;
+            report::audit(&registry, op).await
         }
         Command::Unblock { policy, key } => {
             let registry = Registry::from_config(config).await?;

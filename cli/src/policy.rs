@@ -93,7 +93,7 @@ pub async fn block(
     duration: Option<f64>,
     reason: &str,
 ) -> crate::worker::Result<ExitCode> {
-    let policy = registry.policy(name)?;
+    let policy = registry.policy(name)?.acting_as(crate::report::actor());
     let req = request(&policy, key, None, None);
     let shown = crate::shown_key(key);
     match duration {
@@ -230,7 +230,7 @@ pub async fn list(
             policy.clone()
         }
     };
-    let p = registry.policy(&name)?;
+    let p = registry.policy(&name)?.acting_as(crate::report::actor());
     let which = kind.as_str();
     match op {
         ListOp::Add { entry, ttl, .. } => {

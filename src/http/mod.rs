@@ -8,6 +8,8 @@
 
 mod client_ip;
 #[cfg(feature = "serve")]
+pub mod dashboard;
+#[cfg(feature = "serve")]
 pub mod envoy;
 #[cfg(feature = "http")]
 mod future;

@@ -25,7 +25,10 @@
 //!   lists, sets and lifts bans; `GET|POST|DELETE
 //!   /v1/lists/{exempt|deny}?policy=P[&entry=E&ttl=1h]` lists, adds and
 //!   removes list entries; `POST /v1/reload` reloads the configuration
-//!   file's policies.
+//!   file's policies. Bans and list changes made here are recorded in the
+//!   audit trail as done by `admin-api <peer address>`.
+//! - `/dashboard/`: the web dashboard over the decision log (see
+//!   [`dashboard`](super::dashboard)), opened with the admin token.
 //!
 //! A store failure under `fail_closed` is 503 with `Retry-After: 1`;
 //! requests it cannot read (an unknown policy, a bad cost) get a
@@ -119,7 +122,7 @@ fn problem(status: StatusCode, detail: String) -> Stop {
 
 /// `text` with `%XX` and `+` decoded; `None` when the result is not UTF-8
 /// or an escape is broken.
-fn decode(text: &str) -> Option<String> {
+pub(super) fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -267,9 +270,14 @@ impl DecisionService {
             Ok(self.metrics())
         } else if path == "/v1/blocks" || path == "/v1/reload" || path.starts_with("/v1/lists/") {
             match self.admitted(req.headers()) {
-                Ok(()) => self.admin(req.method(), path, req.uri().query()).await,
+                Ok(()) => {
+                    self.admin(req.method(), path, req.uri().query(), peer)
+                        .await
+                }
                 Err(refused) => Err(refused),
             }
+        } else if path == "/dashboard" || path.starts_with("/dashboard/") {
+            return self.dashboard(req, path).await;
         } else {
             Err(problem(
                 StatusCode::NOT_FOUND,
@@ -374,11 +382,80 @@ impl DecisionService {
         }
     }
 
+    /// The dashboard's pages (see `dashboard.rs`), all 403 without a
+    /// session or the admin token.
+    async fn dashboard<B>(&self, req: &Request<B>, path: &str) -> Response<String> {
+        use super::dashboard as d;
+        let Some(admin) = &self.shared.admin_digest else {
+            return d::login_page(
+                "The dashboard is off: set http.admin_token (or $RATESYNC_ADMIN_TOKEN) to open it.",
+            );
+        };
+        let bearer = self.admitted(req.headers()).is_ok();
+        let session = d::session_of(req.headers()).is_some_and(|s| d::valid_session(s, admin));
+        if path == "/dashboard/logout" && req.method() == Method::POST {
+            return d::logout();
+        }
+        if !(bearer || session) {
+            return d::login_page("Sign in with the admin token.");
+        }
+        if path == "/dashboard" {
+            let mut r = d::html(StatusCode::SEE_OTHER, String::new());
+            r.headers_mut().insert(
+                http::header::LOCATION,
+                HeaderValue::from_static("/dashboard/"),
+            );
+            return r;
+        }
+        let q = match Query::parse(req.uri().query()) {
+            Ok(q) => q,
+            Err(stop) => return stop.into_response(),
+        };
+        let days = match q.get("days").map(str::parse::<i64>) {
+            None => 1,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "`days` is a whole number from 1 to 365".into(),
+                )
+                .into_response()
+            }
+        };
+        let registry = &self.shared.registry;
+        let result = match path {
+            "/dashboard/" => d::overview(registry, days).await,
+            "/dashboard/offenders.csv" => d::offenders_csv(registry, days).await,
+            "/dashboard/offender" => d::offender(registry, q.get("key"), days).await,
+            _ => Err((StatusCode::NOT_FOUND, "the dashboard has /dashboard/, /dashboard/offenders.csv and /dashboard/offender?key=K".into())),
+        };
+        result.unwrap_or_else(|(status, why)| {
+            let mut r = super::response::problem(status, &why);
+            d::secure(r.headers_mut());
+            r
+        })
+    }
+
+    /// A dashboard login form's answer (`POST /dashboard/login`, its body
+    /// read by the server loop, at most [`MAX_LOGIN_BODY`](super::dashboard::MAX_LOGIN_BODY) bytes).
+    pub fn dashboard_login(&self, form: &[u8], headers: &HeaderMap) -> Response<String> {
+        let Some(admin) = &self.shared.admin_digest else {
+            return super::dashboard::login_page(
+                "The dashboard is off: set http.admin_token (or $RATESYNC_ADMIN_TOKEN) to open it.",
+            );
+        };
+        let https = headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        super::dashboard::login(form, admin, https)
+    }
+
     async fn admin(
         &self,
         method: &Method,
         path: &str,
         query: Option<&str>,
+        peer: IpAddr,
     ) -> Result<Response<String>, Stop> {
         let q = Query::parse(query)?;
         let json = |v: serde_json::Value| answer(StatusCode::OK, "application/json", v.to_string());
@@ -393,7 +470,9 @@ impl DecisionService {
             let v = self.shared.registry.reload().await.map_err(failed)?;
             return Ok(json(serde_json::json!({ "config_version": v })));
         }
-        let policy = self.policy(q.get("policy"))?;
+        let policy = self
+            .policy(q.get("policy"))?
+            .acting_as(format!("admin-api {peer}"));
         let required = |name: &str| {
             q.get(name)
                 .ok_or_else(|| problem(StatusCode::BAD_REQUEST, format!("give `{name}=...`")))
@@ -531,16 +610,39 @@ impl DecisionService {
             limits,
             Protocol::Http1,
             "decision service",
-            move |req, peer| {
+            move |req: Request<hyper::body::Incoming>, peer| {
                 let service = self.clone();
                 async move {
-                    let r = service.answer(&req, peer.ip()).await;
+                    let r =
+                        if req.uri().path() == "/dashboard/login" && req.method() == Method::POST {
+                            let (parts, body) = req.into_parts();
+                            match read_form(body).await {
+                                Some(form) => service.dashboard_login(&form, &parts.headers),
+                                None => super::response::problem(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "a login form is at most 4096 bytes, sent within 5 s",
+                                ),
+                            }
+                        } else {
+                            service.answer(&req, peer.ip()).await
+                        };
                     r.map(|body| Full::new(Bytes::from(body)))
                 }
             },
         );
         Ok(DecisionServer::new(local, running))
     }
+}
+
+/// A login form's body: at most `MAX_LOGIN_BODY` bytes within 5 s.
+async fn read_form(body: hyper::body::Incoming) -> Option<Bytes> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, super::dashboard::MAX_LOGIN_BODY);
+    tokio::time::timeout(std::time::Duration::from_secs(5), limited.collect())
+        .await
+        .ok()?
+        .ok()
+        .map(|c| c.to_bytes())
 }
 
 /// How long `/readyz` waits for each store.

@@ -8,6 +8,8 @@
 mod bench;
 mod contract;
 mod cross_host;
+#[cfg(all(unix, feature = "serve", feature = "sqlite"))]
+mod dashboard;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 mod decision_log;
 mod hosts;
