@@ -9,8 +9,10 @@
 //! The same calls answer over every [`LogSink`]; see
 //! [`crate::decision_log`] for an example.
 
-use crate::decision_log::sink::{KeyEvents, Offender, PathHits, Point, RuleHits, Span, Totals};
-use crate::decision_log::{DecisionEvent, LogSink};
+use crate::decision_log::event::DecisionEvent;
+use crate::decision_log::sink::{
+    KeyEvents, LogSink, Offender, PathHits, Point, RuleHits, Span, Totals,
+};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -88,12 +88,58 @@ fn mixed_algorithms_point_at_the_fix() {
 }
 
 #[test]
+fn decision_log_settings_are_checked_and_name_the_key() {
+    let policy = "[policies.api]\nwindows = [{ window = \"1s\", limit = 1 }]\n";
+    for (toml, want) in [
+        (
+            format!("{policy}log_decisions = \"maybe\""),
+            "test.toml: policies.api.log_decisions: `maybe`: write true, false, \"denied\" or a sample rate such as 0.1",
+        ),
+        (
+            format!("{policy}log_decisions = 1.5"),
+            "test.toml: policies.api.log_decisions: a sample rate is from 0 to 1, got 1.5",
+        ),
+        (
+            format!("{policy}log_keys = \"hashed\""),
+            "test.toml: policies.api.log_keys: \"hashed\" digests keys under decision_log.key_secret, which is not set: add key_secret = \"${RATESYNC_LOG_KEY_SECRET}\" to [decision_log]",
+        ),
+        (
+            "[decision_log]\nstore = \"nope\"".to_string(),
+            "test.toml: decision_log.store: no store named `nope`; define [stores.nope] with engine = \"postgres\", or remove `store` to log into a SQLite file",
+        ),
+        (
+            "[stores.r]\nengine = \"memory\"\n[decision_log]\nstore = \"r\"".to_string(),
+            "test.toml: decision_log.store: store `r` is of engine `memory`; the decision log is kept in PostgreSQL or SQLite: name a postgres store, or remove `store` for SQLite",
+        ),
+        (
+            "[decision_log]\nqueue = 0".to_string(),
+            "test.toml: decision_log.queue: must be a whole number from 1 to 10000000, got 0",
+        ),
+        (
+            "[decision_log]\nkey_secret = \"short\"".to_string(),
+            "test.toml: decision_log.key_secret: is shorter than 16 characters, so digests of guessable keys could be reversed: use a long random one (openssl rand -hex 32)",
+        ),
+        (
+            "[decision_log]\npath = \"a.db\"\nstore = \"x\"".to_string(),
+            "test.toml: decision_log.path: a log goes to one sink: remove `path` (SQLite) or `store` (PostgreSQL)",
+        ),
+    ] {
+        assert_eq!(err(&toml), want);
+    }
+    let e = err("[decision_log]\nretention = \"1s\"");
+    assert!(e.starts_with("test.toml: decision_log.retention: "), "{e}");
+    let secret = "[decision_log]\nkey_secret = \"hunter2-hunter2-hunter2\"\n";
+    let c = ratesync::config::Config::parse(secret, "test.toml", &|_| None).unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"), "the secret never prints");
+}
+
+#[test]
 fn unknown_keys_are_errors() {
     let e = err("[limiters.api]\nrate_per_second = 1.0\nbursts = 3");
     assert!(e.starts_with("test.toml: limiters.api.bursts: unknown field `bursts`, expected one of `store`, `algorithm`, `rate_per_second`, `burst`,"), "{e}");
     assert_eq!(
         err("[limiter.api]\nrate_per_second = 1.0"),
-        "test.toml: limiter: unknown key; expected `stores`, `limiters`, `policies`, `http`, `envoy` or `alerts`"
+        "test.toml: limiter: unknown key; expected `stores`, `limiters`, `policies`, `http`, `envoy`, `decision_log` or `alerts`"
     );
     let e = err("[stores.main]\nengine = \"memory\"\nhost = \"x\"");
     assert!(

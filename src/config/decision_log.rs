@@ -105,9 +105,20 @@ impl Default for LogSettings {
             cleanup_interval: Duration::from_secs(3600),
             cleanup_batch: 10_000,
             key_secret: None,
-            host: crate::decision_log::host_name(),
+            host: host_name(),
         }
     }
+}
+
+/// This machine's host name (`$HOSTNAME`, else the kernel's, else
+/// `localhost`): what the log records as `host` unless `host` is set.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl DecisionLogConfig {

@@ -125,7 +125,7 @@ pub fn verify(records: &[StoredRecord]) -> Result<u64, BrokenLink> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::decision_log::audit_trail::*;
 
     fn draft(subject: &str) -> StoredRecord {
         StoredRecord {

@@ -105,7 +105,7 @@ pub fn bounded_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::decision_log::event::*;
     use proptest::prelude::*;
 
     #[test]

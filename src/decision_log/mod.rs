@@ -63,6 +63,7 @@ pub mod sink;
 mod sqlite;
 mod writer;
 
+pub use crate::config::decision_log::host_name;
 pub use event::DecisionEvent;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresSink;
@@ -74,7 +75,8 @@ pub use sqlite::SqliteSink;
 use crate::config::decision_log::{LogSettings, SinkChoice};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
-use crate::policy::{Decision, Request};
+use crate::policy::decision::Decision;
+use crate::policy::request::Request;
 use crossbeam_queue::ArrayQueue;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -145,16 +147,6 @@ impl std::fmt::Debug for DecisionLog {
             .field("stats", &self.stats())
             .finish()
     }
-}
-
-/// This machine's host name (`$HOSTNAME`, else the kernel's, else `localhost`).
-pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl DecisionLog {

@@ -98,7 +98,7 @@ impl IpPrivacy {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::decision_log::rule::*;
 
     #[test]
     fn truncation_keeps_the_network_only() {

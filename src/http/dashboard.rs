@@ -167,25 +167,15 @@ pub fn login_page(why: &str) -> Response<String> {
     )
 }
 
-/// The answer to a login form: a session and a redirect to the dashboard,
-/// or 403 again.
-pub fn login(form: &[u8], admin_digest: &[u8; 32], https: bool) -> Response<String> {
-    let token = std::str::from_utf8(form).ok().and_then(|f| {
-        f.split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .and_then(|(_, v)| super::serve::decode(v))
-    });
-    let next = std::str::from_utf8(form)
-        .ok()
-        .and_then(|f| {
-            f.split('&')
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| *k == "next")
-                .and_then(|(_, v)| super::serve::decode(v))
-        })
-        .filter(|n| safe_next(n))
-        .unwrap_or_else(|| "/dashboard/".to_string());
+/// The answer to a login form (its fields `token` and `next`, decoded):
+/// a session and a redirect to the dashboard, or 403 again.
+pub fn login(
+    token: Option<&str>,
+    next: Option<&str>,
+    admin_digest: &[u8; 32],
+    https: bool,
+) -> Response<String> {
+    let next = next.filter(|n| safe_next(n)).unwrap_or("/dashboard/");
     let Some(token) = token else {
         return login_page("Give the admin token.");
     };
@@ -212,7 +202,7 @@ pub fn login(form: &[u8], admin_digest: &[u8; 32], https: bool) -> Response<Stri
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(http::header::SET_COOKIE, v);
     }
-    let location = HeaderValue::from_str(&next).unwrap_or(HeaderValue::from_static("/dashboard/"));
+    let location = HeaderValue::from_str(next).unwrap_or(HeaderValue::from_static("/dashboard/"));
     r.headers_mut().insert(http::header::LOCATION, location);
     r
 }

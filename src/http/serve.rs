@@ -122,7 +122,7 @@ fn problem(status: StatusCode, detail: String) -> Stop {
 
 /// `text` with `%XX` and `+` decoded; `None` when the result is not UTF-8
 /// or an escape is broken.
-pub(super) fn decode(text: &str) -> Option<String> {
+fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -447,7 +447,8 @@ impl DecisionService {
         let https = headers
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-        super::dashboard::login(form, admin, https)
+        let fields = Query::parse(std::str::from_utf8(form).ok()).unwrap_or(Query(Vec::new()));
+        super::dashboard::login(fields.get("token"), fields.get("next"), admin, https)
     }
 
     async fn admin(

@@ -125,24 +125,18 @@ pub(super) mod seconds {
     use serde::Serializer;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    pub(in crate::policy) fn one<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn one<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 
-    pub(in crate::policy) fn some<S: Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn some<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),
         }
     }
 
-    pub(in crate::policy) fn unix<S: Serializer>(
-        t: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn unix<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default()) {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),

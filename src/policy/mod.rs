@@ -40,11 +40,11 @@
 mod bans;
 mod check;
 pub mod decide;
-mod decision;
+pub(crate) mod decision;
 pub mod list;
 mod lists;
 mod metrics;
-mod request;
+pub(crate) mod request;
 pub mod rule;
 mod violation;
 
