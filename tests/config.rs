@@ -130,7 +130,10 @@ fn decision_log_settings_are_checked_and_name_the_key() {
     assert!(e.starts_with("test.toml: decision_log.retention: "), "{e}");
     let secret = "[decision_log]\nkey_secret = \"hunter2-hunter2-hunter2\"\n";
     let c = ratesync::config::Config::parse(secret, "test.toml", &|_| None).unwrap();
-    assert!(!format!("{c:?}").contains("hunter2"), "the secret never prints");
+    assert!(
+        !format!("{c:?}").contains("hunter2"),
+        "the secret never prints"
+    );
 }
 
 #[test]

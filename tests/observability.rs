@@ -621,3 +621,68 @@ async fn metrics_endpoint_survives_slow_clients() {
             .ok();
     }
 }
+
+/// Offenders over `offender_blocked` in the decision log page like any
+/// other alert, once per cooldown, and keys under it do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offenders_over_the_threshold_raise_an_alert_once_per_cooldown() {
+    let dir = std::env::temp_dir().join(format!("ratesync-offender-alert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        r#"
+[decision_log]
+path = {:?}
+
+[policies.api]
+key = "api_key"
+windows = [{{ window = "1m", limit = 1 }}]
+log_decisions = true
+
+[alerts]
+interval_seconds = 1
+cooldown_seconds = 60
+[alerts.thresholds]
+offender_blocked = 5
+offender_window_seconds = 120
+[alerts.channels.log]
+"#,
+        dir.join("log.sqlite3").display().to_string()
+    );
+    let config = ratesync::Config::from_toml_str(&toml).unwrap();
+    let reg = Registry::from_config(config.clone()).await.unwrap();
+    let api = reg.policy("api").unwrap();
+    for (key, n) in [("evil\u{1b}[31m", 7), ("fine", 3)] {
+        for _ in 0..n {
+            api.check(&ratesync::policy::Request::new().api_key(key))
+                .await
+                .unwrap();
+        }
+    }
+    reg.decision_log().unwrap().flush().await.unwrap();
+    let mut alerts = AlertLoop::from_config(reg.clone(), &config).unwrap();
+    let report = alerts.tick().await;
+    let offenders: Vec<_> = report
+        .sent
+        .iter()
+        .filter(|a| a.alert == ratesync::alert::AlertKind::Offender)
+        .collect();
+    assert_eq!(offenders.len(), 1, "{:?}", report.sent);
+    assert_eq!(
+        (offenders[0].limiter.as_str(), offenders[0].value),
+        ("evil\u{1b}[31m", 6.0)
+    );
+    assert!(
+        offenders[0]
+            .summary()
+            .contains(r#"key "evil\u{1b}[31m" was refused 6 times"#),
+        "the key is quoted and escaped: {}",
+        offenders[0].summary()
+    );
+    let again = alerts.tick().await;
+    assert!(again
+        .sent
+        .iter()
+        .all(|a| a.alert != ratesync::alert::AlertKind::Offender));
+    assert_eq!(again.suppressed.len(), 1, "held back by the cooldown");
+    reg.close().await;
+}

@@ -25,6 +25,11 @@ pub struct Thresholds {
     pub concurrency_ratio: f64,
     /// Store failures in one interval that raise a critical alert.
     pub backend_errors_per_interval: u64,
+    /// Refusals of one key within `offender_window_seconds`, read from the
+    /// decision log, that raise a warning (0: off, the default).
+    pub offender_blocked: u64,
+    /// The window `offender_blocked` counts over (default 300 s, whole minutes).
+    pub offender_window_seconds: f64,
 }
 
 impl Default for Thresholds {
@@ -37,6 +42,8 @@ impl Default for Thresholds {
             cas_failures_per_minute: 100.0,
             concurrency_ratio: 0.9,
             backend_errors_per_interval: 1,
+            offender_blocked: 0,
+            offender_window_seconds: 300.0,
         }
     }
 }

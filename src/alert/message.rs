@@ -18,6 +18,8 @@ pub enum AlertKind {
     Concurrency,
     /// Store failures.
     BackendErrors,
+    /// One key refused often (from the decision log): `limiter` holds the key.
+    Offender,
 }
 
 impl AlertKind {
@@ -30,6 +32,7 @@ impl AlertKind {
             AlertKind::CasFailures => "cas_failures",
             AlertKind::Concurrency => "concurrency",
             AlertKind::BackendErrors => "backend_errors",
+            AlertKind::Offender => "offender",
         }
     }
 }
@@ -67,7 +70,8 @@ pub enum AlertState {
 /// One notification.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
-    /// The limiter's name.
+    /// The limiter's name; for an `offender` alert, the key (client
+    /// input: shown quoted and escaped, at most 128 bytes).
     pub limiter: String,
     /// What it is about.
     pub alert: AlertKind,
@@ -86,6 +90,21 @@ pub struct Alert {
 impl Alert {
     /// A one-line human summary.
     pub fn summary(&self) -> String {
+        if self.alert == AlertKind::Offender {
+            return match self.state {
+                AlertState::Firing => format!(
+                    "[{}] ratesync: key {:?} was refused {} times in the window (threshold {})",
+                    self.severity.as_str().to_uppercase(),
+                    self.limiter,
+                    self.value,
+                    self.threshold
+                ),
+                AlertState::Resolved => format!(
+                    "[RESOLVED] ratesync: key {:?} is below {} refusals in the window",
+                    self.limiter, self.threshold
+                ),
+            };
+        }
         match self.state {
             AlertState::Firing => format!(
                 "[{}] ratesync limiter `{}`: {} is {:.2} (threshold {:.2})",

@@ -11,6 +11,10 @@
 //! | `cas_failures` | compare-and-set conflicts per minute | warning at `cas_failures_per_minute` |
 //! | `concurrency` | slots held / `max_concurrent` | warning at `concurrency_ratio` (0.9) |
 //! | `backend_errors` | store failures in the interval | critical at `backend_errors_per_interval` |
+//! | `offender` | refusals of one key in the last `offender_window_seconds` (300), from the decision log | warning at `offender_blocked` (0: off) |
+//!
+//! An `offender` alert names the key in place of the limiter (quoted and
+//! escaped in the summary: it is client input), one alert per key.
 //!
 //! A condition that holds is sent to every channel at once, then again at
 //! most once per `cooldown` for the same (limiter, alert, severity); when it

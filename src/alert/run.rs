@@ -227,6 +227,55 @@ impl AlertLoop {
         out
     }
 
+    /// Keys refused at least `offender_blocked` times in the window, read
+    /// from the decision log, and the ones firing before that no longer are.
+    #[allow(clippy::type_complexity)]
+    async fn offender_conditions(&self) -> Vec<(String, (AlertKind, Option<Severity>, f64, f64))> {
+        let t = &self.config.thresholds;
+        let Some(log) = self
+            .registry
+            .decision_log()
+            .filter(|_| t.offender_blocked > 0)
+        else {
+            return Vec::new();
+        };
+        let window = Duration::from_secs_f64(t.offender_window_seconds.max(60.0));
+        let threshold = t.offender_blocked as f64;
+        let found = match log
+            .analytics()
+            .over_threshold(window, t.offender_blocked, None)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                // Unknown is not "cleared": firing offenders stay as they are.
+                tracing::warn!(error = %e, "cannot read offenders from the decision log");
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<_> = found
+            .into_iter()
+            .map(|o| {
+                let key = crate::decision_log::event::bounded(&o.key, 128);
+                (
+                    key,
+                    (
+                        AlertKind::Offender,
+                        Some(Severity::Warning),
+                        o.blocked as f64,
+                        threshold,
+                    ),
+                )
+            })
+            .collect();
+        for (name, kind) in self.firing.keys() {
+            if *kind == AlertKind::Offender && !out.iter().any(|(k, _)| k == name) {
+                out.push((name.clone(), (AlertKind::Offender, None, 0.0, threshold)));
+            }
+        }
+        out
+    }
+
     /// Whether the cooldown lets this alert go now (and starts it if so).
     async fn cooldown_allows(&mut self, key: &(String, AlertKind, Severity)) -> bool {
         if let Some(shared) = &self.shared {
@@ -258,9 +307,17 @@ impl AlertLoop {
         };
         let mut report = TickReport::default();
         let mut to_send = Vec::new();
+        let mut conditions = Vec::new();
         for (name, m) in &now_metrics {
             let before = previous.as_ref().and_then(|p| p.get(name));
-            for (kind, severity, value, threshold) in self.conditions(name, m, before, elapsed) {
+            for c in self.conditions(name, m, before, elapsed) {
+                conditions.push((name.clone(), c));
+            }
+        }
+        conditions.extend(self.offender_conditions().await);
+        for (name, (kind, severity, value, threshold)) in conditions {
+            let name = &name;
+            {
                 let id = (name.clone(), kind);
                 match severity {
                     Some(sev) => {
