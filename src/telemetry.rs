@@ -40,6 +40,14 @@
 //! | `ratesync_policy_list_entries` | gauge | entries of the `list` (`exempt`, `deny`) |
 //! | `ratesync_policy_eval_duration_seconds` | histogram | check latency, buckets 5 µs to 50 ms |
 //!
+//! With a decision log, labelled by `sink` (`sqlite`, `postgres`):
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ratesync_decision_log_events_total` | counter | decisions by `outcome`: `queued`, `dropped` (the queue was full), `written`, `duplicate` (sent again after an unclear failure, kept once) |
+//! | `ratesync_decision_log_write_failures_total` | counter | batches the sink refused, each held and retried |
+//! | `ratesync_decision_log_pending` | gauge | decisions queued or being written |
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = ratesync::Registry::from_file("config.toml").await?;
@@ -92,10 +100,23 @@ pub const POLICY_INSTRUMENTS: [&str; 10] = [
     "ratesync_policy_eval_duration_seconds",
 ];
 
+/// The decision log's instrument names (labelled by `sink`, never by key).
+pub const LOG_INSTRUMENTS: [&str; 3] = [
+    "ratesync_decision_log_events",
+    "ratesync_decision_log_write_failures",
+    "ratesync_decision_log_pending",
+];
+
 /// The metric names a Prometheus scrape shows (counters with `_total`, the
 /// histogram as its three series), for checking dashboards and rules.
 pub fn exported_names() -> Vec<String> {
     let mut names = Vec::new();
+    for n in LOG_INSTRUMENTS {
+        match n {
+            "ratesync_decision_log_pending" => names.push(n.to_string()),
+            _ => names.push(format!("{n}_total")),
+        }
+    }
     for n in POLICY_INSTRUMENTS {
         match n {
             "ratesync_policy_list_entries" => names.push(n.to_string()),
@@ -236,6 +257,51 @@ impl Registry {
             metrics.observe_waits(move |ms| histogram.record(ms, &attrs));
         }));
         self.install_policy_telemetry(meter);
+        self.install_log_telemetry(meter);
+    }
+
+    fn install_log_telemetry(&self, meter: &Meter) {
+        let sink = |l: &crate::decision_log::DecisionLog| KeyValue::new("sink", l.sink().kind());
+        let reg = self.clone();
+        meter
+            .u64_observable_counter("ratesync_decision_log_events")
+            .with_description(
+                "Decisions the log queued, dropped (queue full), wrote, and found written already",
+            )
+            .with_callback(move |o| {
+                if let Some(l) = reg.decision_log() {
+                    let s = l.stats();
+                    for (outcome, n) in [
+                        ("queued", s.enqueued),
+                        ("dropped", s.dropped),
+                        ("written", s.written),
+                        ("duplicate", s.duplicates),
+                    ] {
+                        o.observe(n, &[sink(&l), KeyValue::new("outcome", outcome)]);
+                    }
+                }
+            })
+            .build();
+        let reg = self.clone();
+        meter
+            .u64_observable_counter("ratesync_decision_log_write_failures")
+            .with_description("Batches the sink refused (each is held and retried)")
+            .with_callback(move |o| {
+                if let Some(l) = reg.decision_log() {
+                    o.observe(l.stats().write_failures, &[sink(&l)]);
+                }
+            })
+            .build();
+        let reg = self.clone();
+        meter
+            .u64_observable_gauge("ratesync_decision_log_pending")
+            .with_description("Decisions queued or being written")
+            .with_callback(move |o| {
+                if let Some(l) = reg.decision_log() {
+                    o.observe(l.stats().pending, &[sink(&l)]);
+                }
+            })
+            .build();
     }
 
     fn install_policy_telemetry(&self, meter: &Meter) {

@@ -198,10 +198,13 @@ async fn policy_metrics_are_exported_by_policy_and_window() {
 /// Every metric the shipped dashboard and alert rules use is one the exporter emits.
 #[tokio::test]
 async fn dashboards_and_rules_use_exported_names() {
-    let reg = Registry::from_toml_str(
+    let log = std::env::temp_dir().join(format!("ratesync-names-{}.sqlite3", std::process::id()));
+    let reg = Registry::from_toml_str(&format!(
         "[limiters.api]\nrate_per_second = 10\nmax_concurrent = 2\n\
-         [policies.p]\nwindows = [{ window = \"1s\", limit = 1 }]\n",
-    )
+         [decision_log]\npath = {:?}\n\
+         [policies.p]\nwindows = [{{ window = \"1s\", limit = 1 }}]\nlog_decisions = true\n",
+        log.display().to_string()
+    ))
     .await
     .unwrap();
     let exporter = PrometheusExporter::new(&reg).unwrap();
