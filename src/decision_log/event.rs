@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// The longest key kept, in bytes (longer ones: a prefix, `~`, a digest).
 pub const MAX_LOGGED_KEY: usize = 512;
@@ -21,10 +20,11 @@ pub const MAX_LOGGED_FIELD: usize = 256;
 /// One decision as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionEvent {
-    /// The writing process (random per log), with `seq` the event's unique
-    /// id: a batch written again after an unclear failure is not counted twice.
+    /// Where the event was made (random per thread of each process), with
+    /// `seq` the event's unique id: a batch written again after an unclear
+    /// failure is not counted twice.
     pub origin: i64,
-    /// The event's number within its origin.
+    /// The event's number within its origin (set when it is queued).
     pub seq: i64,
     /// When it was decided, microseconds since the Unix epoch.
     pub ts_us: i64,
@@ -57,7 +57,7 @@ pub struct DecisionEvent {
     /// The authenticated user (digested like the key under `log_keys = "hashed"`).
     pub user: Option<String>,
     /// The host that decided.
-    pub host: Arc<str>,
+    pub host: Cow<'static, str>,
     /// The configuration version in force.
     pub config_version: u64,
 }
@@ -92,11 +92,19 @@ fn without_nul(text: &str) -> Cow<'_, str> {
 /// [`MAX_LOGGED_KEY`] bytes keeps its first part, then `~` and the digest
 /// of the whole, so two long keys stay two.
 pub fn bounded_key(key: &str) -> String {
-    let clean = without_nul(key);
+    bounded_key_owned(key.to_string())
+}
+
+/// [`bounded_key`] of a key already owned: kept as it is when it fits.
+pub fn bounded_key_owned(key: String) -> String {
+    if key.len() <= MAX_LOGGED_KEY && !key.contains('\0') {
+        return key;
+    }
+    let clean = without_nul(&key);
     if clean.len() <= MAX_LOGGED_KEY {
         return clean.into_owned();
     }
-    let digest = crate::key::hash_key(key);
+    let digest = crate::key::hash_key(&key);
     let mut out = bounded(&clean, MAX_LOGGED_KEY - 1 - digest.len());
     out.push('~');
     out.push_str(&digest);

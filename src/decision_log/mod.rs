@@ -80,7 +80,7 @@ use crate::policy::request::Request;
 use crossbeam_queue::ArrayQueue;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -94,9 +94,8 @@ pub struct DecisionLog {
 pub(crate) struct Inner {
     queue: ArrayQueue<DecisionEvent>,
     wake: tokio::sync::Notify,
-    origin: i64,
-    seq: AtomicI64,
-    host: Arc<str>,
+    /// Interned: an event carries it without a count all threads share.
+    host: &'static str,
     settings: LogSettings,
     sink: Arc<dyn LogSink>,
     stats: Counters,
@@ -106,8 +105,8 @@ pub(crate) struct Inner {
 
 #[derive(Default)]
 struct Counters {
-    enqueued: AtomicU64,
-    dropped: AtomicU64,
+    enqueued: Striped,
+    dropped: Striped,
     written: AtomicU64,
     duplicates: AtomicU64,
     write_failures: AtomicU64,
@@ -173,9 +172,7 @@ impl DecisionLog {
         let inner = Arc::new(Inner {
             queue: ArrayQueue::new(settings.queue.max(1)),
             wake: tokio::sync::Notify::new(),
-            origin: rand::random::<i64>(),
-            seq: AtomicI64::new(0),
-            host: settings.host.as_str().into(),
+            host: crate::interned::interned(&settings.host),
             settings,
             sink,
             stats: Counters::default(),
@@ -213,29 +210,33 @@ impl DecisionLog {
     /// Queues `event` for the writer; a full queue drops it (counted).
     pub fn record(&self, mut event: DecisionEvent) {
         let i = &self.inner;
-        event.origin = i.origin;
-        event.seq = i.seq.fetch_add(1, Relaxed);
+        (event.origin, event.seq) = next_id();
         match i.queue.push(event) {
             Ok(()) => {
-                i.stats.enqueued.fetch_add(1, Relaxed);
-                // Woken once per batch's worth, not per event.
-                if i.queue.len() == i.settings.batch {
+                i.stats.enqueued.add(1);
+                // Woken once per batch's worth from each thread: a shared
+                // count (or the queue's length) would be read and written
+                // by every thread on every event.
+                if wake_now(i.settings.batch) {
                     i.wake.notify_one();
                 }
             }
-            Err(_) => {
-                i.stats.dropped.fetch_add(1, Relaxed);
-            }
+            Err(_) => i.stats.dropped.add(1),
         }
     }
 
     /// `key` as `rule` keeps it: bounded, and digested under `log_keys = "hashed"`.
     pub fn key_as_logged(&self, rule: &LogRule, key: &str) -> String {
+        self.owned_key_as_logged(rule, key.to_string())
+    }
+
+    fn owned_key_as_logged(&self, rule: &LogRule, key: String) -> String {
         match (rule.keys, &self.inner.settings.key_secret) {
-            (KeyPrivacy::Hashed, Some(s)) => {
-                crate::key::hash_key_with_secret(s.expose().as_bytes(), event::bounded_key(key))
-            }
-            _ => event::bounded_key(key),
+            (KeyPrivacy::Hashed, Some(s)) => crate::key::hash_key_with_secret(
+                s.expose().as_bytes(),
+                event::bounded_key_owned(key),
+            ),
+            _ => event::bounded_key_owned(key),
         }
     }
 
@@ -253,6 +254,11 @@ impl DecisionLog {
         if !rule.wants(denied, draw) {
             return;
         }
+        if self.inner.queue.is_full() {
+            // Dropped either way: not built.
+            self.inner.stats.dropped.add(1);
+            return;
+        }
         let digest = |v: &str| self.key_as_logged(rule, v);
         let text = |v: Option<&str>, max| v.map(|v| event::bounded(v, max));
         let action = if d.allowed && d.would_deny {
@@ -264,7 +270,7 @@ impl DecisionLog {
             origin: 0,
             seq: 0,
             ts_us: unix_us(SystemTime::now()),
-            key: digest(&key()),
+            key: self.owned_key_as_logged(rule, key()),
             policy: Cow::Borrowed(d.policy),
             window: Cow::Borrowed(d.window.unwrap_or("")),
             tier: text(d.tier.as_deref(), event::MAX_LOGGED_FIELD),
@@ -280,7 +286,7 @@ impl DecisionLog {
             cost,
             ip: req.ip_addr().and_then(|ip| rule.ips.apply(ip)),
             user: req.user_given().map(digest),
-            host: self.inner.host.clone(),
+            host: Cow::Borrowed(self.inner.host),
             config_version: d.config_version,
         });
     }
@@ -288,7 +294,6 @@ impl DecisionLog {
     /// Writes everything queued before this call; fails (after `within`)
     /// when the sink does not take it, the events staying queued.
     pub async fn flush_within(&self, within: Duration) -> Result<()> {
-        let target = self.inner.seq.load(Relaxed);
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let i = &self.inner;
@@ -303,7 +308,7 @@ impl DecisionLog {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 return Err(Error::Unsupported(format!(
-                    "decision log: {} decisions up to #{target} not written within {:.1} s{}",
+                    "decision log: {} decisions not written within {:.1} s{}",
                     i.queue.len() + i.stats.in_flight.load(Relaxed),
                     within.as_secs_f64(),
                     why.map(|w| format!(" (last error: {w})"))
@@ -357,8 +362,8 @@ impl DecisionLog {
     pub fn stats(&self) -> LogStats {
         let s = &self.inner.stats;
         LogStats {
-            enqueued: s.enqueued.load(Relaxed),
-            dropped: s.dropped.load(Relaxed),
+            enqueued: s.enqueued.sum(),
+            dropped: s.dropped.sum(),
             written: s.written.load(Relaxed),
             duplicates: s.duplicates.load(Relaxed),
             write_failures: s.write_failures.load(Relaxed),
@@ -439,6 +444,64 @@ impl Inner {
         self.stats.cleaned_events.fetch_add(c.events, Relaxed);
         self.stats.cleaned_rollups.fetch_add(c.rollups, Relaxed);
     }
+}
+
+/// A counter every thread adds to without sharing a cache line: one cell
+/// per stripe, a thread on its own stripe, summed when read.
+#[derive(Default)]
+struct Striped([Padded; STRIPES]);
+
+const STRIPES: usize = 8;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+thread_local! {
+    /// This thread's stripe, its events' origin and next seq, and the
+    /// events it queued since it last woke the writer.
+    static THREAD: std::cell::Cell<(usize, i64, i64, usize)> = std::cell::Cell::new((
+        rand::random::<usize>() % STRIPES,
+        rand::random::<i64>(),
+        0,
+        0,
+    ));
+}
+
+impl Striped {
+    fn add(&self, n: u64) {
+        let stripe = THREAD.with(|t| t.get().0);
+        self.0[stripe].0.fetch_add(n, Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Relaxed)).sum()
+    }
+}
+
+/// A new event id: the thread's origin (random) and its next seq, unique
+/// without a count threads share.
+fn next_id() -> (i64, i64) {
+    THREAD.with(|t| {
+        let (stripe, origin, seq, queued) = t.get();
+        t.set((stripe, origin, seq + 1, queued));
+        (origin, seq)
+    })
+}
+
+/// True once per `batch` events queued by this thread.
+fn wake_now(batch: usize) -> bool {
+    THREAD.with(|t| {
+        let (stripe, origin, seq, queued) = t.get();
+        let queued = queued + 1;
+        t.set((
+            stripe,
+            origin,
+            seq,
+            if queued >= batch { 0 } else { queued },
+        ));
+        queued >= batch
+    })
 }
 
 /// Microseconds since the Unix epoch.

@@ -567,3 +567,69 @@ fn the_writer_rides_out_a_postgres_restart_mid_burst() {
     });
     under.drop_tables();
 }
+
+/// The terminal side: `ratesync report`, `report offender`, `report --csv`,
+/// `log cleanup`, and `audit verify` after the CLI's own bans and list
+/// changes, which the trail records as the CLI's.
+#[test]
+fn the_cli_reports_cleans_up_and_verifies_the_trail() {
+    let dir = scratch("cli-report");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[decision_log]\npath = {:?}\n\n[policies.api]\nkey = \"api_key\"\nwindows = [{{ window = \"1m\", limit = 2 }}]\nlog_decisions = true\n",
+            dir.join("log.sqlite3").display().to_string()
+        ),
+    );
+    runtime().block_on(async {
+        let reg = Registry::from_file(&config).await.unwrap();
+        let api = reg.policy("api").unwrap();
+        for (key, n) in [("noisy", 6), ("quiet", 1), ("=1+1", 3)] {
+            for _ in 0..n {
+                api.check(&Request::new().api_key(key).path("/v1/x")).await.unwrap();
+            }
+        }
+        reg.close().await;
+    });
+    let (code, out, err) = run_cli(&config, &["report", "--days", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("decisions over the last 1 day(s)"), "{out}");
+    let line = |needle: &str| out.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in\n{out}")).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(line("1 day(s) "), "1 day(s) 10 5 5 50.0%", "{out}");
+    assert_eq!(line("\"noisy\""), "\"noisy\" 4 6 66.7%");
+    assert_eq!(line("1m"), "api 1m 10 5");
+    let (code, csv, _) = run_cli(&config, &["report", "--csv"]);
+    assert_eq!(code, 0);
+    assert_eq!(csv, "key,blocked,total,block_rate\n\"noisy\",4,6,0.6667\n\"'=1+1\",1,3,0.3333\n");
+    let (code, out, _) = run_cli(&config, &["report", "offender", "noisy"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("decisions 6  allowed 2  blocked 4  block rate 66.7%"), "{out}");
+    assert!(out.contains("\"/v1/x\"  6      4"), "{out}");
+    let (code, _, _) = run_cli(&config, &["report", "offender", "nobody"]);
+    assert_eq!(code, 2, "an unknown key says so in its exit code");
+
+    let (code, _, err) = run_cli(&config, &["block", "--policy", "api", "--key", "noisy", "--duration", "60", "--reason", "abuse"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(&config, &["deny", "add", "--policy", "api", "203.0.113.0/24"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = run_cli(&config, &["unblock", "--policy", "api", "--key", "noisy"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = run_cli(&config, &["audit", "verify"]);
+    assert_eq!((code, out.trim()), (0, "audit trail (sqlite): 3 records, every link holds"));
+    let (_, out, _) = run_cli(&config, &["audit", "list"]);
+    assert!(out.lines().nth(1).is_some_and(|l| l.contains("\"cli ") && l.contains("ban") && l.contains("abuse")), "{out}");
+    assert!(out.contains("deny_add") && out.contains("unban"), "{out}");
+    rusqlite::Connection::open(dir.join("log.sqlite3"))
+        .unwrap()
+        .execute("UPDATE ratesync_audit SET detail = 'nothing to see' WHERE seq = 1", [])
+        .unwrap();
+    let (code, out, _) = run_cli(&config, &["audit", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BROKEN at record 1: its hash does not match its fields"), "{out}");
+
+    let (code, out, _) = run_cli(&config, &["log", "cleanup", "--older-than", "0"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted 10 events and"), "{out}");
+    let (_, out, _) = run_cli(&config, &["report"]);
+    assert!(out.contains("(none refused)"), "{out}");
+}
