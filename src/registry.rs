@@ -558,6 +558,21 @@ impl Registry {
         }
     }
 
+    /// Logs every policy's decisions (as each one's `log_decisions` says)
+    /// and enforcement actions to `log` from now on, in place of the one
+    /// the configuration opened: the way to a sink of your own
+    /// ([`DecisionLog::with_sink`](crate::decision_log::DecisionLog::with_sink)).
+    pub fn use_decision_log(&self, log: crate::decision_log::DecisionLog) {
+        *self
+            .inner
+            .decision_log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(log.clone());
+        for p in self.policies().values() {
+            p.set_decision_log(Some(log.clone()));
+        }
+    }
+
     /// The decision log (see [`crate::decision_log`]), when the
     /// configuration has `[decision_log]` or a policy sets `log_decisions`.
     pub fn decision_log(&self) -> Option<crate::decision_log::DecisionLog> {

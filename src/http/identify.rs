@@ -147,7 +147,8 @@ impl Identify {
     }
 
     /// The policy request for an HTTP request from `peer` (`None`: unknown)
-    /// to `path`, with `headers` and `extensions`, keyed as `policy` says.
+    /// to `path` (its route, and its path in the decision log), with
+    /// `headers` and `extensions`, keyed as `policy` says.
     pub fn request(
         &self,
         policy: &Policy,
@@ -161,7 +162,7 @@ impl Identify {
                 .get(name)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
-        let mut req = Request::new().route(path);
+        let mut req = Request::new().route(path).path(path);
         if let Some(peer) = peer {
             req = req.ip(self.client_addr(peer, headers));
         }

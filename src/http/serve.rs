@@ -1,7 +1,7 @@
 //! The decision service (`ratesync serve`): policy checks over HTTP for
 //! services in other languages and for gateways.
 //!
-//! - `GET|POST /v1/check?policy=P&key=K[&cost=N][&tier=T]`: the
+//! - `GET|POST /v1/check?policy=P&key=K[&cost=N][&tier=T][&path=/x&method=GET]`: the
 //!   [`Decision`] as JSON; 200 allowed, 429 throttled or blocked, 403
 //!   denied, with the policy's headers. The caller says who the client is
 //!   (`key` stands for every part of the policy's key, as
@@ -11,7 +11,9 @@
 //!   client from the forwarded request's headers, as the `[http]` table
 //!   says (the address through `trusted_proxies`, the API key, user and
 //!   tier headers), the route from `X-Original-URI` or `X-Forwarded-Uri`;
-//!   the same statuses and headers, an empty body when allowed.
+//!   the same statuses and headers, an empty body when allowed. The
+//!   decision log records the path, and the method from
+//!   `X-Original-Method` or `X-Forwarded-Method`.
 //!   `?throttle_status=401` answers a throttle or block with 401 instead of
 //!   429, for nginx, whose `auth_request` takes only 2xx, 401 and 403 (its
 //!   `error_page 401` then answers the client 429 with the copied headers).
@@ -304,6 +306,12 @@ impl DecisionService {
         if let Some(tier) = q.get("tier") {
             asked = asked.tier(tier);
         }
+        if let Some(path) = q.get("path") {
+            asked = asked.path(path);
+        }
+        if let Some(method) = q.get("method") {
+            asked = asked.method(method);
+        }
         let d = policy.check(&asked).await.map_err(|_| Stop::Unavailable)?;
         let body = serde_json::to_string(&d).unwrap_or_default();
         let mut r = answer(status(&d, None), "application/json", body);
@@ -353,6 +361,12 @@ impl DecisionService {
         );
         if let Some(cost) = q.cost()? {
             asked = asked.cost(cost);
+        }
+        if let Some(m) = ["x-original-method", "x-forwarded-method"]
+            .iter()
+            .find_map(|h| headers.get(*h))
+        {
+            asked = asked.method(String::from_utf8_lossy(m.as_bytes()));
         }
         let d = policy.check(&asked).await.map_err(|_| Stop::Unavailable)?;
         let mut r = match d.problem_details() {

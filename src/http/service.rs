@@ -87,13 +87,16 @@ where
                 tracing::debug!(policy = %policy.name(),
                     "no peer address in the request's extensions; keyed without an address");
             }
-            let asked = settings.identify.request(
-                policy,
-                peer,
-                req.uri().path(),
-                req.headers(),
-                req.extensions(),
-            );
+            let asked = settings
+                .identify
+                .request(
+                    policy,
+                    peer,
+                    req.uri().path(),
+                    req.headers(),
+                    req.extensions(),
+                )
+                .method(req.method().as_str());
             match policy.check(&asked).await {
                 Ok(d) => match refusal(&d) {
                     Some(refused) => Ok(refused),

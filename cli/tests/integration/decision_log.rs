@@ -586,7 +586,9 @@ fn the_cli_reports_cleans_up_and_verifies_the_trail() {
         let api = reg.policy("api").unwrap();
         for (key, n) in [("noisy", 6), ("quiet", 1), ("=1+1", 3)] {
             for _ in 0..n {
-                api.check(&Request::new().api_key(key).path("/v1/x")).await.unwrap();
+                api.check(&Request::new().api_key(key).path("/v1/x"))
+                    .await
+                    .unwrap();
             }
         }
         reg.close().await;
@@ -594,42 +596,132 @@ fn the_cli_reports_cleans_up_and_verifies_the_trail() {
     let (code, out, err) = run_cli(&config, &["report", "--days", "1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("decisions over the last 1 day(s)"), "{out}");
-    let line = |needle: &str| out.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in\n{out}")).split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(line("1 day(s) "), "1 day(s) 10 5 5 50.0%", "{out}");
+    let line = |needle: &str| {
+        out.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in\n{out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(line("1 day(s)  "), "1 day(s) 10 5 5 50.0%", "{out}");
     assert_eq!(line("\"noisy\""), "\"noisy\" 4 6 66.7%");
     assert_eq!(line("1m"), "api 1m 10 5");
     let (code, csv, _) = run_cli(&config, &["report", "--csv"]);
     assert_eq!(code, 0);
-    assert_eq!(csv, "key,blocked,total,block_rate\n\"noisy\",4,6,0.6667\n\"'=1+1\",1,3,0.3333\n");
+    assert_eq!(
+        csv,
+        "key,blocked,total,block_rate\n\"noisy\",4,6,0.6667\n\"'=1+1\",1,3,0.3333\n"
+    );
     let (code, out, _) = run_cli(&config, &["report", "offender", "noisy"]);
     assert_eq!(code, 0);
-    assert!(out.contains("decisions 6  allowed 2  blocked 4  block rate 66.7%"), "{out}");
+    assert!(
+        out.contains("decisions 6  allowed 2  blocked 4  block rate 66.7%"),
+        "{out}"
+    );
     assert!(out.contains("\"/v1/x\"  6      4"), "{out}");
     let (code, _, _) = run_cli(&config, &["report", "offender", "nobody"]);
     assert_eq!(code, 2, "an unknown key says so in its exit code");
 
-    let (code, _, err) = run_cli(&config, &["block", "--policy", "api", "--key", "noisy", "--duration", "60", "--reason", "abuse"]);
+    let (code, _, err) = run_cli(
+        &config,
+        &[
+            "block",
+            "--policy",
+            "api",
+            "--key",
+            "noisy",
+            "--duration",
+            "60",
+            "--reason",
+            "abuse",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run_cli(&config, &["deny", "add", "--policy", "api", "203.0.113.0/24"]);
+    let (code, _, err) = run_cli(
+        &config,
+        &["deny", "add", "--policy", "api", "203.0.113.0/24"],
+    );
     assert_eq!(code, 0, "{err}");
     let (code, _, _) = run_cli(&config, &["unblock", "--policy", "api", "--key", "noisy"]);
     assert_eq!(code, 0);
     let (code, out, _) = run_cli(&config, &["audit", "verify"]);
-    assert_eq!((code, out.trim()), (0, "audit trail (sqlite): 3 records, every link holds"));
+    assert_eq!(
+        (code, out.trim()),
+        (0, "audit trail (sqlite): 3 records, every link holds")
+    );
     let (_, out, _) = run_cli(&config, &["audit", "list"]);
-    assert!(out.lines().nth(1).is_some_and(|l| l.contains("\"cli ") && l.contains("ban") && l.contains("abuse")), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("\"cli ") && l.contains("ban") && l.contains("abuse")),
+        "{out}"
+    );
     assert!(out.contains("deny_add") && out.contains("unban"), "{out}");
     rusqlite::Connection::open(dir.join("log.sqlite3"))
         .unwrap()
-        .execute("UPDATE ratesync_audit SET detail = 'nothing to see' WHERE seq = 1", [])
+        .execute(
+            "UPDATE ratesync_audit SET detail = 'nothing to see' WHERE seq = 1",
+            [],
+        )
         .unwrap();
     let (code, out, _) = run_cli(&config, &["audit", "verify"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("BROKEN at record 1: its hash does not match its fields"), "{out}");
+    assert!(
+        out.contains("BROKEN at record 1: its hash does not match its fields"),
+        "{out}"
+    );
 
     let (code, out, _) = run_cli(&config, &["log", "cleanup", "--older-than", "0"]);
     assert_eq!(code, 0);
     assert!(out.contains("deleted 10 events and"), "{out}");
     let (_, out, _) = run_cli(&config, &["report"]);
     assert!(out.contains("(none refused)"), "{out}");
+}
+
+/// Keys, paths and users as a hostile client sends them (NUL, which
+/// PostgreSQL refuses in text; 100 KB; control characters; invalid
+/// escapes) never fail a batch, and two long keys stay two.
+#[test]
+fn hostile_input_never_fails_a_batch() {
+    let _serial = serial();
+    for under in sinks("hostile") {
+        runtime().block_on(async {
+            let toml = format!(
+                "{}\n[policies.api]\nkey = \"api_key\"\nwindows = [{{ window = \"1m\", limit = 1 }}]\nlog_decisions = true\n",
+                under.config()
+            );
+            let reg = Registry::from_toml_str(&toml).await.unwrap();
+            let api = reg.policy("api").unwrap();
+            let long = "x".repeat(100_000);
+            let keys = [
+                "nul\0inside".to_string(),
+                format!("{long}a"),
+                format!("{long}b"),
+                "\u{1b}[2J\r\n'; DROP TABLE ratesync_decisions; --".to_string(),
+            ];
+            for k in &keys {
+                for _ in 0..2 {
+                    api.check(
+                        &Request::new()
+                            .api_key(k.clone())
+                            .path(format!("/p\0{long}"))
+                            .user("u\0".repeat(1000))
+                            .method("G\0ET"),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            let log = reg.decision_log().unwrap();
+            log.flush().await.unwrap();
+            let s = log.stats();
+            assert_eq!((s.written, s.write_failures), (8, 0), "{}: {s:?}", under.label());
+            let top = log.analytics().top_offenders(1, None, 10).await.unwrap();
+            assert_eq!(top.len(), 4, "{}: every key its own: {top:?}", under.label());
+            assert!(top.iter().all(|o| o.key.len() <= 512 && !o.key.contains('\0')));
+            reg.close().await;
+            under.drop_tables();
+        });
+    }
 }
