@@ -57,6 +57,7 @@ pub mod audit_trail;
 pub mod event;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod queue;
 mod rule;
 pub mod sink;
 #[cfg(feature = "sqlite")]
@@ -77,10 +78,9 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::policy::decision::Decision;
 use crate::policy::request::Request;
-use crossbeam_queue::ArrayQueue;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -92,7 +92,7 @@ pub struct DecisionLog {
 }
 
 pub(crate) struct Inner {
-    queue: ArrayQueue<DecisionEvent>,
+    queue: Arc<queue::EventQueue>,
     wake: tokio::sync::Notify,
     /// Interned: an event carries it without a count all threads share.
     host: &'static str,
@@ -105,15 +105,11 @@ pub(crate) struct Inner {
 
 #[derive(Default)]
 struct Counters {
-    enqueued: Striped,
-    dropped: Striped,
     written: AtomicU64,
     duplicates: AtomicU64,
     write_failures: AtomicU64,
     cleaned_events: AtomicU64,
     cleaned_rollups: AtomicU64,
-    /// Events taken from the queue and not yet written.
-    in_flight: AtomicUsize,
     last_error: Mutex<Option<String>>,
 }
 
@@ -170,7 +166,7 @@ impl DecisionLog {
     /// A log writing to `sink`, its writer started on the current runtime.
     pub fn with_sink(sink: Arc<dyn LogSink>, settings: LogSettings) -> Self {
         let inner = Arc::new(Inner {
-            queue: ArrayQueue::new(settings.queue.max(1)),
+            queue: queue::EventQueue::new(settings.queue.max(1), settings.batch.max(1)),
             wake: tokio::sync::Notify::new(),
             host: crate::interned::interned(&settings.host),
             settings,
@@ -211,17 +207,11 @@ impl DecisionLog {
     pub fn record(&self, mut event: DecisionEvent) {
         let i = &self.inner;
         (event.origin, event.seq) = next_id();
-        match i.queue.push(event) {
-            Ok(()) => {
-                i.stats.enqueued.add(1);
-                // Woken once per batch's worth from each thread: a shared
-                // count (or the queue's length) would be read and written
-                // by every thread on every event.
-                if wake_now(i.settings.batch) {
-                    i.wake.notify_one();
-                }
-            }
-            Err(_) => i.stats.dropped.add(1),
+        // Woken once per batch's worth of chunks from each thread: a
+        // shared count (or the queue's length) would be read and written
+        // by every thread.
+        if i.queue.push(event) && wake_now(i.settings.batch.div_ceil(queue::CHUNK)) {
+            i.wake.notify_one();
         }
     }
 
@@ -254,9 +244,9 @@ impl DecisionLog {
         if !rule.wants(denied, draw) {
             return;
         }
-        if self.inner.queue.is_full() {
+        if self.inner.queue.would_drop() {
             // Dropped either way: not built.
-            self.inner.stats.dropped.add(1);
+            self.inner.queue.count_dropped(1);
             return;
         }
         let digest = |v: &str| self.key_as_logged(rule, v);
@@ -297,7 +287,8 @@ impl DecisionLog {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let i = &self.inner;
-            if i.queue.is_empty() && i.stats.in_flight.load(Relaxed) == 0 {
+            let pending = self.stats().pending;
+            if pending == 0 {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -309,7 +300,7 @@ impl DecisionLog {
                     .clone();
                 return Err(Error::Unsupported(format!(
                     "decision log: {} decisions not written within {:.1} s{}",
-                    i.queue.len() + i.stats.in_flight.load(Relaxed),
+                    pending,
                     within.as_secs_f64(),
                     why.map(|w| format!(" (last error: {w})"))
                         .unwrap_or_default()
@@ -361,13 +352,18 @@ impl DecisionLog {
     /// The log's counters now.
     pub fn stats(&self) -> LogStats {
         let s = &self.inner.stats;
+        // Read in this order, a concurrent drop can only be missed, never
+        // counted without its event.
+        let dropped = self.inner.queue.dropped();
+        let accepted = self.inner.queue.accepted().max(dropped);
         LogStats {
-            enqueued: s.enqueued.sum(),
-            dropped: s.dropped.sum(),
+            enqueued: accepted - dropped,
+            dropped,
             written: s.written.load(Relaxed),
             duplicates: s.duplicates.load(Relaxed),
             write_failures: s.write_failures.load(Relaxed),
-            pending: (self.inner.queue.len() + s.in_flight.load(Relaxed)) as u64,
+            pending: (accepted - dropped)
+                .saturating_sub(s.written.load(Relaxed) + s.duplicates.load(Relaxed)),
             cleaned: Cleaned {
                 events: s.cleaned_events.load(Relaxed),
                 rollups: s.cleaned_rollups.load(Relaxed),
@@ -446,61 +442,31 @@ impl Inner {
     }
 }
 
-/// A counter every thread adds to without sharing a cache line: one cell
-/// per stripe, a thread on its own stripe, summed when read.
-#[derive(Default)]
-struct Striped([Padded; STRIPES]);
-
-const STRIPES: usize = 8;
-
-#[derive(Default)]
-#[repr(align(128))]
-struct Padded(AtomicU64);
-
 thread_local! {
-    /// This thread's stripe, its events' origin and next seq, and the
-    /// events it queued since it last woke the writer.
-    static THREAD: std::cell::Cell<(usize, i64, i64, usize)> = std::cell::Cell::new((
-        rand::random::<usize>() % STRIPES,
-        rand::random::<i64>(),
-        0,
-        0,
-    ));
-}
-
-impl Striped {
-    fn add(&self, n: u64) {
-        let stripe = THREAD.with(|t| t.get().0);
-        self.0[stripe].0.fetch_add(n, Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|c| c.0.load(Relaxed)).sum()
-    }
+    /// This thread's events' origin, its next seq, and the chunks it
+    /// queued since it last woke the writer.
+    static THREAD: std::cell::Cell<(i64, i64, usize)> =
+        std::cell::Cell::new((rand::random::<i64>(), 0, 0));
 }
 
 /// A new event id: the thread's origin (random) and its next seq, unique
 /// without a count threads share.
 fn next_id() -> (i64, i64) {
     THREAD.with(|t| {
-        let (stripe, origin, seq, queued) = t.get();
-        t.set((stripe, origin, seq + 1, queued));
+        let (origin, seq, queued) = t.get();
+        t.set((origin, seq + 1, queued));
         (origin, seq)
     })
 }
 
-/// True once per `batch` events queued by this thread.
-fn wake_now(batch: usize) -> bool {
+/// True once per `chunks` chunks queued by this thread.
+fn wake_now(chunks: usize) -> bool {
     THREAD.with(|t| {
-        let (stripe, origin, seq, queued) = t.get();
+        let (origin, seq, queued) = t.get();
         let queued = queued + 1;
-        t.set((
-            stripe,
-            origin,
-            seq,
-            if queued >= batch { 0 } else { queued },
-        ));
-        queued >= batch
+        let now = queued >= chunks.max(1);
+        t.set((origin, seq, if now { 0 } else { queued }));
+        now
     })
 }
 

@@ -38,19 +38,9 @@ pub(super) async fn run(inner: Weak<Inner>) {
     }
 }
 
-/// Moves up to a batch from the queue into `batch`, counted in flight
-/// before it leaves the queue (so a flush never sees it in neither).
+/// Moves up to a batch from the queue into `batch` (see `queue.rs`).
 fn take(i: &Inner, batch: &mut Vec<super::DecisionEvent>) {
-    while batch.len() < i.settings.batch {
-        i.stats.in_flight.fetch_add(1, Relaxed);
-        match i.queue.pop() {
-            Some(e) => batch.push(e),
-            None => {
-                i.stats.in_flight.fetch_sub(1, Relaxed);
-                break;
-            }
-        }
-    }
+    i.queue.take(batch, i.settings.batch);
 }
 
 /// Writes `batch`, retrying with backoff until it is written (or the log closes).
@@ -62,7 +52,6 @@ async fn write(i: &Inner, batch: &mut Vec<super::DecisionEvent>) {
                 let n = batch.len() as u64;
                 i.stats.written.fetch_add(new, Relaxed);
                 i.stats.duplicates.fetch_add(n.saturating_sub(new), Relaxed);
-                i.stats.in_flight.fetch_sub(batch.len(), Relaxed);
                 batch.clear();
                 return;
             }
@@ -72,7 +61,7 @@ async fn write(i: &Inner, batch: &mut Vec<super::DecisionEvent>) {
                 // few, so an outage does not flood the log.
                 if failures <= 3 || failures.is_multiple_of(20) {
                     tracing::warn!(sink = i.sink.kind(), error = %e, failures,
-                        held = batch.len(), queued = i.queue.len(),
+                        held = batch.len(),
                         "decision log write failed; the batch is held and retried");
                 }
                 *i.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());

@@ -725,3 +725,101 @@ fn hostile_input_never_fails_a_batch() {
         });
     }
 }
+
+/// Two hosts (two registries with logs of their own) writing one
+/// PostgreSQL table at once: every decision of both is there once, and the
+/// rollups they upsert together equal the raw rows.
+#[test]
+fn two_hosts_write_one_table() {
+    if !service_up("PostgreSQL", &database_url(), 5432) {
+        return;
+    }
+    let _serial = serial();
+    let schema = format!("rslog_{}", unique_prefix("hosts").replace('-', "_"));
+    let under = Under::Postgres(schema.clone());
+    runtime().block_on(async {
+        let mut hosts = Vec::new();
+        for h in ["host-a", "host-b"] {
+            let toml = format!(
+                "{}host = \"{h}\"\nbatch = 100\nflush_interval = \"10ms\"\n\n[policies.api]\nkey = \"api_key\"\nwindows = [{{ window = \"1m\", limit = 3 }}]\nlog_decisions = true\n",
+                under.config()
+            );
+            hosts.push(Registry::from_toml_str(&toml).await.unwrap());
+        }
+        let runs: Vec<_> = hosts
+            .iter()
+            .map(|reg| {
+                let api = reg.policy("api").unwrap();
+                tokio::spawn(async move {
+                    for i in 0..1_500 {
+                        api.check(&Request::new().api_key(format!("k{}", i % 10))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for r in runs {
+            r.await.unwrap();
+        }
+        for reg in &hosts {
+            reg.decision_log().unwrap().flush().await.unwrap();
+        }
+        let count = |sql: &str| -> u64 { psql(&format!("SET search_path TO {schema}; {sql}")).lines().last().unwrap().parse().unwrap() };
+        assert_eq!(count("SELECT count(*) FROM ratesync_decisions"), 3_000);
+        assert_eq!(count("SELECT count(DISTINCT host) FROM ratesync_decisions"), 2);
+        assert_eq!(count("SELECT sum(decisions) FROM ratesync_decision_minutes"), 3_000);
+        for reg in &hosts {
+            reg.close().await;
+        }
+    });
+    under.drop_tables();
+}
+
+/// The writer runs retention on its own schedule.
+#[test]
+fn the_writer_deletes_what_retention_no_longer_keeps() {
+    let _serial = serial();
+    let under = &sinks("scheduled")[0];
+    runtime().block_on(async {
+        let sink = under.sink().await;
+        let old: Vec<_> = (1..=30)
+            .map(|i| event(i, 7_200, "old", "api", "1m", false, "/"))
+            .collect();
+        let new: Vec<_> = (31..=35)
+            .map(|i| event(i, 10, "new", "api", "1m", true, "/"))
+            .collect();
+        sink.write(&old).await.unwrap();
+        sink.write(&new).await.unwrap();
+        let settings = LogSettings {
+            retention: Duration::from_secs(3_600),
+            rollup_retention: Duration::from_secs(3_600),
+            cleanup_interval: Duration::from_millis(200),
+            cleanup_batch: 7,
+            ..LogSettings::default()
+        };
+        let log = DecisionLog::with_sink(sink.clone(), settings);
+        let t = Instant::now();
+        while log.stats().cleaned.events < 30 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "retention did not run: {:?}",
+                log.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(log.stats().cleaned.events, 30);
+        let span = Span {
+            since: 0,
+            until: now_s() + 60,
+            policy: None,
+        };
+        assert_eq!(
+            sink.totals(&span).await.unwrap(),
+            Totals {
+                total: 5,
+                allowed: 5,
+                blocked: 0
+            }
+        );
+        log.close().await;
+    });
+}
