@@ -2,10 +2,10 @@
 //! across every host.
 //!
 //! A policy with `log_decisions` set hands each decision it logs to a
-//! [`DecisionLog`]: the check only pushes the event into a bounded
-//! in-memory queue (lock-free; when full the event is dropped and counted
-//! in [`LogStats::dropped`]), and a background writer sends batches to the
-//! sink. Logging never slows a check by more than that push, and never
+//! [`DecisionLog`]: the check only adds the event to its thread's chunk
+//! of a bounded in-memory queue (`queue.rs`; when full the events are
+//! dropped and counted in [`LogStats::dropped`]), and a background writer
+//! sends batches to the sink. Logging never slows a check by more than that push, and never
 //! fails one: a sink outage holds the writer's batch and retries it (with
 //! backoff, logged through `tracing`) while the queue absorbs what it can.
 //!
