@@ -22,34 +22,19 @@ use ratesync::policy::{Policy, Request};
 use ratesync::BackendError;
 use ratesync::Registry;
 use std::sync::Arc;
-use std::time::Instant;
 
 const TASKS: usize = 16;
 const KEYS: usize = 16;
 
 async fn rate(p: &Policy, calls: usize) -> f64 {
-    let per_task = calls / TASKS;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..TASKS)
-        .map(|i| {
-            let p = p.clone();
-            let req = Request::new()
-                .api_key(format!("k{}", i % KEYS))
-                .path("/v1/items")
-                .method("GET")
-                .ip(std::net::IpAddr::from([203, 0, 113, i as u8]));
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    let d = p.check(&req).await.expect("the store answers");
-                    assert!(d.allowed, "the bench limit was reached: {d:?}");
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.expect("bench task");
-    }
-    (per_task * TASKS) as f64 / start.elapsed().as_secs_f64()
+    common::policy_rate(p, TASKS, calls, |i| {
+        Request::new()
+            .api_key(format!("k{}", i % KEYS))
+            .path("/v1/items")
+            .method("GET")
+            .ip(std::net::IpAddr::from([203, 0, 113, i as u8]))
+    })
+    .await
 }
 
 /// Takes every batch and keeps nothing.

@@ -55,24 +55,10 @@ fn stores() -> Vec<(&'static str, String, usize)> {
 }
 
 async fn policy_rate(p: &Policy, calls: usize) -> f64 {
-    let per_task = calls / TASKS;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..TASKS)
-        .map(|i| {
-            let p = p.clone();
-            let req = Request::new().api_key(format!("k{}", i % KEYS));
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    let d = p.check(&req).await.expect("the store answers");
-                    assert!(d.allowed, "the bench limit was reached: {d:?}");
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.expect("bench task");
-    }
-    (per_task * TASKS) as f64 / start.elapsed().as_secs_f64()
+    common::policy_rate(p, TASKS, calls, |i| {
+        Request::new().api_key(format!("k{}", i % KEYS))
+    })
+    .await
 }
 
 /// `calls` try_acquire over `TASKS` tasks, each deriving its per-key

@@ -428,7 +428,6 @@ impl Registry {
     }
 
     /// Every policy, by name.
-    #[cfg(feature = "prometheus")]
     pub(crate) fn policies(&self) -> BTreeMap<String, Policy> {
         self.inner
             .policies

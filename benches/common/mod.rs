@@ -50,3 +50,32 @@ pub async fn try_acquire_rate(limiters: &[Limiter], tasks: usize, calls: usize) 
 pub fn listing_only() -> bool {
     std::env::args().any(|a| a == "--list")
 }
+
+/// `calls` policy checks over `tasks` tasks, task `i` asking `request(i)`
+/// every time, each admitted; checks per second.
+#[allow(dead_code)] // the engine benches measure limiters only
+pub async fn policy_rate(
+    p: &ratesync::policy::Policy,
+    tasks: usize,
+    calls: usize,
+    request: impl Fn(usize) -> ratesync::policy::Request,
+) -> f64 {
+    let per_task = calls / tasks;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let p = p.clone();
+            let req = request(i);
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let d = p.check(&req).await.expect("the store answers");
+                    assert!(d.allowed, "the bench limit was reached: {d:?}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("bench task");
+    }
+    (per_task * tasks) as f64 / start.elapsed().as_secs_f64()
+}

@@ -7,8 +7,8 @@
 use super::audit_trail;
 use super::event::DecisionEvent;
 use super::sink::{
-    Cleaned, Dialect, KeyEvents, LogSink, Offender, PathHits, Point, Queries, RuleHits, Span,
-    StoredRecord, Totals,
+    delete_in_batches, Cleaned, Dialect, KeyEvents, LogSink, Offender, PathHits, Point, Queries,
+    RuleHits, Span, StoredRecord, Table, Totals,
 };
 use crate::config::StoreConfig;
 use crate::engine::postgres::{backend, connection};
@@ -171,16 +171,17 @@ impl LogSink for PostgresSink {
         rollups_before: i64,
         batch: u32,
     ) -> Result<Cleaned, BackendError> {
-        let mut cleaned = Cleaned::default();
         let batch_i = i64::from(batch);
-        for (events, before) in [(true, events_before_us), (false, rollups_before)] {
-            let sql = if events {
-                &self.sql.delete_events
-            } else {
-                &self.sql.delete_rollups
-            };
-            loop {
-                let n = crate::engine::within(KIND, self.timeout, async {
+        delete_in_batches(
+            events_before_us,
+            rollups_before,
+            batch,
+            |table, before| async move {
+                let sql = match table {
+                    Table::Events => &self.sql.delete_events,
+                    Table::Rollups => &self.sql.delete_rollups,
+                };
+                crate::engine::within(KIND, self.timeout, async {
                     let client = self.pool.get().await.map_err(backend)?;
                     let stmt = client.prepare_cached(sql).await.map_err(backend)?;
                     client
@@ -188,18 +189,10 @@ impl LogSink for PostgresSink {
                         .await
                         .map_err(backend)
                 })
-                .await?;
-                if events {
-                    cleaned.events += n;
-                } else {
-                    cleaned.rollups += n;
-                }
-                if n < u64::from(batch) {
-                    break;
-                }
-            }
-        }
-        Ok(cleaned)
+                .await
+            },
+        )
+        .await
     }
 
     async fn totals(&self, s: &Span) -> Result<Totals, BackendError> {

@@ -187,6 +187,49 @@ pub trait LogSink: Send + Sync + 'static {
     ) -> Result<Vec<StoredRecord>, BackendError>;
 }
 
+/// Which table a delete statement of retention is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) enum Table {
+    /// Raw events (`ratesync_decisions`).
+    Events,
+    /// Per-minute rollups (`ratesync_decision_minutes`).
+    Rollups,
+}
+
+/// Retention as every sink runs it: `delete(table, before)` deletes up to
+/// `batch` rows older than `before` and answers how many; it is called
+/// until a statement deletes fewer, first for events, then for rollups.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) async fn delete_in_batches<F, Fut>(
+    events_before_us: i64,
+    rollups_before: i64,
+    batch: u32,
+    delete: F,
+) -> Result<Cleaned, BackendError>
+where
+    F: Fn(Table, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, BackendError>>,
+{
+    let mut cleaned = Cleaned::default();
+    for (table, before) in [
+        (Table::Events, events_before_us),
+        (Table::Rollups, rollups_before),
+    ] {
+        loop {
+            let n = delete(table, before).await?;
+            match table {
+                Table::Events => cleaned.events += n,
+                Table::Rollups => cleaned.rollups += n,
+            }
+            if n < u64::from(batch) {
+                break;
+            }
+        }
+    }
+    Ok(cleaned)
+}
+
 /// The SQL both sinks share (`sql/*.sql`), with the few differences of
 /// dialect filled in: `{t}` the table prefix, `{rowid}` the row address,
 /// `{binary}` byte-order collation, and `$N` parameters (`?N` in SQLite).

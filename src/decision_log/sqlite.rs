@@ -5,8 +5,8 @@
 use super::audit_trail;
 use super::event::DecisionEvent;
 use super::sink::{
-    Cleaned, Dialect, KeyEvents, LogSink, Offender, PathHits, Point, Queries, RuleHits, Span,
-    StoredRecord, Totals,
+    delete_in_batches, Cleaned, Dialect, KeyEvents, LogSink, Offender, PathHits, Point, Queries,
+    RuleHits, Span, StoredRecord, Table, Totals,
 };
 use crate::error::BackendError;
 use async_trait::async_trait;
@@ -165,30 +165,18 @@ impl LogSink for SqliteSink {
         rollups_before: i64,
         batch: u32,
     ) -> Result<Cleaned, BackendError> {
-        let mut cleaned = Cleaned::default();
-        for (events, before) in [(true, events_before_us), (false, rollups_before)] {
-            loop {
-                let n = self
-                    .with(move |c, sql| {
-                        let stmt = if events {
-                            &sql.shared.delete_events
-                        } else {
-                            &sql.shared.delete_rollups
-                        };
-                        c.prepare_cached(stmt)?.execute(params![before, batch])
-                    })
-                    .await? as u64;
-                if events {
-                    cleaned.events += n;
-                } else {
-                    cleaned.rollups += n;
-                }
-                if n < u64::from(batch) {
-                    break;
-                }
-            }
-        }
-        Ok(cleaned)
+        delete_in_batches(events_before_us, rollups_before, batch, |table, before| {
+            self.with(move |c, sql| {
+                let stmt = match table {
+                    Table::Events => &sql.shared.delete_events,
+                    Table::Rollups => &sql.shared.delete_rollups,
+                };
+                c.prepare_cached(stmt)?
+                    .execute(params![before, batch])
+                    .map(|n| n as u64)
+            })
+        })
+        .await
     }
 
     async fn totals(&self, span: &Span) -> Result<Totals, BackendError> {
