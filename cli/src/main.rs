@@ -510,6 +510,26 @@ async fn check(config: &Config, offline: bool) -> worker::Result<ExitCode> {
             p.store
         );
     }
+    if let Some(log) = &config.decision_log {
+        use ratesync::config::decision_log::SinkChoice;
+        let sink = match &log.sink {
+            SinkChoice::Sqlite(path) => format!("SQLite file {}", path.display()),
+            SinkChoice::Postgres(store) => format!("PostgreSQL store {store}"),
+        };
+        println!(
+            "  decision log: {sink}, queue {}, batch {}, events kept {:.0} d, rollups {:.0} d, host {}",
+            log.queue,
+            log.batch,
+            log.retention.as_secs_f64() / 86_400.0,
+            log.rollup_retention.as_secs_f64() / 86_400.0,
+            log.host
+        );
+    } else if config.policies.values().any(|p| !p.log.decisions.is_off()) {
+        println!(
+            "  decision log: SQLite file {} (the default: no [decision_log] table)",
+            ratesync::config::decision_log::DEFAULT_LOG_PATH
+        );
+    }
     match &config.alerts {
         None => println!("  alerts: none ([alerts] absent)"),
         Some(a) => {

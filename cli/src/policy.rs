@@ -186,6 +186,25 @@ pub fn describe(spec: &PolicySpec) -> String {
     if !spec.deny.is_empty() {
         s.push_str(&format!("; deny {}", spec.deny.entries().join(", ")));
     }
+    use ratesync::decision_log::{IpPrivacy, KeyPrivacy, LogDecisions};
+    let logged = match spec.log.decisions {
+        LogDecisions::Off => None,
+        LogDecisions::All => Some("every decision".to_string()),
+        LogDecisions::Denied => Some("refusals".to_string()),
+        LogDecisions::Sample(p) => Some(format!("{:.3}% of decisions", p * 100.0)),
+    };
+    if let Some(what) = logged {
+        let keys = match spec.log.keys {
+            KeyPrivacy::Clear => "keys in the clear",
+            KeyPrivacy::Hashed => "keys hashed",
+        };
+        let ips = match spec.log.ips {
+            IpPrivacy::Full => "whole addresses",
+            IpPrivacy::Truncated => "addresses truncated",
+            IpPrivacy::None => "no addresses",
+        };
+        s.push_str(&format!("; logs {what} ({keys}, {ips})"));
+    }
     s
 }
 

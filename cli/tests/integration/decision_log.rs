@@ -593,6 +593,17 @@ fn the_cli_reports_cleans_up_and_verifies_the_trail() {
         }
         reg.close().await;
     });
+    let (code, out, _) = run_cli(&config, &["check", "--offline"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("logs every decision (keys in the clear, whole addresses)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  decision log: SQLite file ")
+            && out.contains("queue 65536, batch 1000, events kept 30 d, rollups 400 d"),
+        "{out}"
+    );
     let (code, out, err) = run_cli(&config, &["report", "--days", "1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("decisions over the last 1 day(s)"), "{out}");
