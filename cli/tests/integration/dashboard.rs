@@ -6,36 +6,22 @@
 //! must be the analytics API's. The screenshot goes to the target
 //! directory, and to `docs/dashboard.png` with `RATESYNC_UPDATE_SCREENSHOT=1`.
 
-use crate::support::{have, ratesync_bin, scratch, skip_or_fail, write_config};
+use crate::support::{
+    free_port, have, http_exchange, ratesync_bin, scratch, skip_or_fail, write_config, Stopped,
+};
 use ratesync::analytics::Analytics;
 use ratesync::decision_log::{DecisionEvent, LogSink, SqliteSink};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One request; the status, the raw head and the body.
+/// One request to the service on `port`; the status, the header lines
+/// joined, and the body.
 fn request(
     port: u16,
     method: &str,
@@ -43,23 +29,10 @@ fn request(
     headers: &str,
     body: &str,
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, head, body) =
+        http_exchange("127.0.0.1", addr, method, path, headers, body).unwrap();
+    (status, head.join("\r\n"), body)
 }
 
 /// Serves `page` at every path on a port of its own: the sign-in page
@@ -190,7 +163,7 @@ fn the_dashboard_shows_what_the_analytics_say() {
             db.display().to_string()
         ),
     );
-    let _serve = Killed(
+    let _serve = Stopped(
         Command::new(ratesync_bin())
             .args([
                 "-c",

@@ -4,40 +4,13 @@
 //! copied (the configuration the README gives). nginx is Debian's
 //! (`.ci/run` installs it); the test starts its own on a free port.
 
-use crate::support::{have, ratesync_bin, scratch, skip_or_fail, write_config};
+use crate::support::{
+    free_port, have, http_exchange, ratesync_bin, scratch, skip_or_fail, write_config, Stopped,
+};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A process stopped when dropped: SIGTERM first (nginx's master then
-/// takes its workers down with it; a SIGKILL would leave them serving),
-/// SIGKILL if it is still there after 5 s.
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One GET with `headers` from the local address `from` (any of
 /// 127.0.0.0/8 is this host): the status, the headers and the body.
@@ -47,32 +20,7 @@ fn get_from(
     path: &str,
     headers: &str,
 ) -> std::io::Result<(u16, Vec<String>, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let text = rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(format!("{from}:0").parse().expect("an address"))?;
-        let mut s = socket.connect(addr).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
-        s.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-            .await
-            .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).into_owned())
-    })?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let head = lines.map(|l| l.to_ascii_lowercase()).collect();
-    Ok((status, head, body.to_string()))
+    http_exchange(from, addr, "GET", path, headers, "")
 }
 
 fn get(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, Vec<String>)> {

@@ -550,3 +550,82 @@ pub fn read_holds(path: &Path, worker: u64, cut_at_us: u64) -> Vec<Grant> {
     }));
     out
 }
+
+/// A process stopped when dropped: SIGTERM first (nginx's master then
+/// takes its workers down with it; a SIGKILL would leave them serving),
+/// SIGKILL if it is still there after 5 s.
+#[allow(dead_code)] // the nginx and dashboard suites need the `serve` feature
+pub struct Stopped(pub Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on now.
+#[allow(dead_code)] // the nginx and dashboard suites need the `serve` feature
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP/1.1 request (`headers` each ending in CRLF, `body` sent with
+/// its length unless it is an empty GET) from the local address `from`
+/// (any of 127.0.0.0/8 is this host), the connection closed after: the
+/// status, the header lines in lower case, and the body.
+#[allow(dead_code)] // the nginx and dashboard suites need the `serve` feature
+pub fn http_exchange(
+    from: &str,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<(u16, Vec<String>, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let text = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{from}:0").parse().expect("an address"))?;
+        let mut s = socket.connect(addr).await?;
+        let length = if method == "GET" && body.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}{length}Connection: close\r\n\r\n{body}"
+        );
+        s.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+            .await
+            .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).into_owned())
+    })?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let head = lines.map(|l| l.to_ascii_lowercase()).collect();
+    Ok((status, head, body.to_string()))
+}
