@@ -130,16 +130,12 @@ impl Analytics {
 
     /// The last `days` days up to the end of the current minute.
     pub fn span(&self, days: i64, policy: Option<&str>) -> Span {
-        let now = now_s();
-        let until = now - now.rem_euclid(60) + 60;
-        Span {
-            since: until - i64::from(clamp_days(days)) * 86_400,
-            until,
-            policy: policy.map(str::to_string),
-        }
+        let days = u64::from(clamp_days(days));
+        self.span_of(Duration::from_secs(days * 86_400), policy)
     }
 
-    /// The last `window` (rounded up to whole minutes).
+    /// The last `window` (rounded up to whole minutes) up to the end of the
+    /// current minute.
     pub fn span_of(&self, window: Duration, policy: Option<&str>) -> Span {
         let now = now_s();
         let until = now - now.rem_euclid(60) + 60;
@@ -155,8 +151,9 @@ impl Analytics {
     pub async fn summary(&self, days: i64, policy: Option<&str>) -> Result<Summary> {
         let span = self.span(days, policy);
         let window = self.sink.totals(&span).await.map_err(failed)?;
+        let now = now_s();
         let today = Span {
-            since: now_s() - now_s().rem_euclid(86_400),
+            since: now - now.rem_euclid(86_400),
             ..span.clone()
         };
         let today = self.sink.totals(&today).await.map_err(failed)?;
@@ -284,11 +281,7 @@ impl Analytics {
 pub fn offenders_csv(offenders: &[Offender]) -> String {
     let mut out = String::from("key,blocked,total,block_rate\n");
     for o in offenders {
-        let rate = if o.total == 0 {
-            0.0
-        } else {
-            o.blocked as f64 / o.total as f64
-        };
+        let rate = o.block_rate();
         out.push_str(&format!(
             "{},{},{},{rate:.4}\n",
             csv_field(&o.key),

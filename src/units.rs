@@ -21,7 +21,6 @@ pub(crate) fn from_nanos(n: u64) -> Duration {
 }
 
 /// Whole microseconds of `d`, saturating at `i64::MAX`.
-#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }

@@ -173,7 +173,7 @@ pub async fn report(registry: &Registry, args: ReportArgs) -> crate::worker::Res
                             crate::shown_key(&o.key),
                             o.blocked.to_string(),
                             o.total.to_string(),
-                            pct(o.blocked as f64 / o.total.max(1) as f64),
+                            pct(o.block_rate()),
                         ]
                     })
                     .collect();

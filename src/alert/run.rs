@@ -316,41 +316,38 @@ impl AlertLoop {
         }
         conditions.extend(self.offender_conditions().await);
         for (name, (kind, severity, value, threshold)) in conditions {
-            let name = &name;
-            {
-                let id = (name.clone(), kind);
-                match severity {
-                    Some(sev) => {
-                        let alert = Alert {
+            let id = (name.clone(), kind);
+            match severity {
+                Some(sev) => {
+                    let alert = Alert {
+                        limiter: name.clone(),
+                        alert: kind,
+                        severity: sev,
+                        value,
+                        threshold,
+                        state: AlertState::Firing,
+                        at: unix_now(),
+                    };
+                    self.firing.insert(id, (sev, threshold));
+                    if self.cooldown_allows(&(name.clone(), kind, sev)).await {
+                        to_send.push(alert);
+                    } else {
+                        report.suppressed.push(alert);
+                    }
+                }
+                None => {
+                    if let Some((sev, th)) = self.firing.remove(&id) {
+                        to_send.push(Alert {
                             limiter: name.clone(),
                             alert: kind,
                             severity: sev,
                             value,
-                            threshold,
-                            state: AlertState::Firing,
+                            threshold: th,
+                            state: AlertState::Resolved,
                             at: unix_now(),
-                        };
-                        self.firing.insert(id, (sev, threshold));
-                        if self.cooldown_allows(&(name.clone(), kind, sev)).await {
-                            to_send.push(alert);
-                        } else {
-                            report.suppressed.push(alert);
-                        }
-                    }
-                    None => {
-                        if let Some((sev, th)) = self.firing.remove(&id) {
-                            to_send.push(Alert {
-                                limiter: name.clone(),
-                                alert: kind,
-                                severity: sev,
-                                value,
-                                threshold: th,
-                                state: AlertState::Resolved,
-                                at: unix_now(),
-                            });
-                            // A new episode pages at once, whatever the cooldown.
-                            self.last_sent.retain(|k, _| !(k.0 == *name && k.1 == kind));
-                        }
+                        });
+                        // A new episode pages at once, whatever the cooldown.
+                        self.last_sent.retain(|k, _| !(k.0 == name && k.1 == kind));
                     }
                 }
             }

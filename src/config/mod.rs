@@ -53,8 +53,8 @@ pub struct Config {
     pub http: Option<http::HttpConfig>,
     /// The `[envoy]` table, if any (see [`envoy`]).
     pub envoy: Option<envoy::EnvoyConfig>,
-    /// The `[decision_log]` table, validated (defaults when absent; see
-    /// [`decision_log`]).
+    /// The `[decision_log]` table, validated, if any (without it, a policy
+    /// that logs gets the defaults; see [`decision_log`]).
     pub decision_log: Option<decision_log::LogSettings>,
 }
 

@@ -199,7 +199,7 @@ impl DecisionLog {
     fn key_digester(&self) -> Option<crate::analytics::KeyDigest> {
         let secret = self.inner.settings.key_secret.clone()?;
         Some(Arc::new(move |k: &str| {
-            crate::key::hash_key_with_secret(secret.expose().as_bytes(), event::bounded_key(k))
+            logged_key(KeyPrivacy::Hashed, Some(&secret), k.to_string())
         }))
     }
 
@@ -221,13 +221,7 @@ impl DecisionLog {
     }
 
     fn owned_key_as_logged(&self, rule: &LogRule, key: String) -> String {
-        match (rule.keys, &self.inner.settings.key_secret) {
-            (KeyPrivacy::Hashed, Some(s)) => crate::key::hash_key_with_secret(
-                s.expose().as_bytes(),
-                event::bounded_key_owned(key),
-            ),
-            _ => event::bounded_key_owned(key),
-        }
+        logged_key(rule.keys, self.inner.settings.key_secret.as_ref(), key)
     }
 
     /// Logs `d`, the decision on `req`, if `rule` wants it: the policy's
@@ -317,7 +311,8 @@ impl DecisionLog {
     }
 
     /// Writes what is queued (at most 5 s) and stops the writer; later
-    /// decisions are dropped (counted).
+    /// decisions are queued but never written (and dropped, counted, once
+    /// the queue is full).
     pub async fn close(&self) {
         if let Err(e) = self.flush_within(Duration::from_secs(5)).await {
             tracing::warn!(error = %e, "decision log closed with decisions unwritten");
@@ -337,16 +332,10 @@ impl DecisionLog {
     /// Deletes raw events and rollups older than `older_than`, `batch_size`
     /// rows per statement.
     pub async fn cleanup(&self, older_than: Duration, batch_size: u32) -> Result<Cleaned> {
-        let now = unix_us(SystemTime::now());
-        let cut_us = now.saturating_sub(i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX));
-        let c = self
-            .inner
-            .sink
-            .cleanup(cut_us, cut_us.div_euclid(1_000_000), batch_size.max(1))
+        self.inner
+            .cleanup_older(older_than, older_than, batch_size.max(1))
             .await
-            .map_err(|e| Error::Unsupported(format!("decision log cleanup: {e}")))?;
-        self.inner.count_cleaned(c);
-        Ok(c)
+            .map_err(|e| Error::Unsupported(format!("decision log cleanup: {e}")))
     }
 
     /// The log's counters now.
@@ -356,14 +345,14 @@ impl DecisionLog {
         // counted without its event.
         let dropped = self.inner.queue.dropped();
         let accepted = self.inner.queue.accepted().max(dropped);
+        let (written, duplicates) = (s.written.load(Relaxed), s.duplicates.load(Relaxed));
         LogStats {
             enqueued: accepted - dropped,
             dropped,
-            written: s.written.load(Relaxed),
-            duplicates: s.duplicates.load(Relaxed),
+            written,
+            duplicates,
             write_failures: s.write_failures.load(Relaxed),
-            pending: (accepted - dropped)
-                .saturating_sub(s.written.load(Relaxed) + s.duplicates.load(Relaxed)),
+            pending: (accepted - dropped).saturating_sub(written + duplicates),
             cleaned: Cleaned {
                 events: s.cleaned_events.load(Relaxed),
                 rollups: s.cleaned_rollups.load(Relaxed),
@@ -402,7 +391,7 @@ impl DecisionLog {
             .sink
             .append_audit(&draft)
             .await
-            .map_err(|e| Error::Unsupported(format!("audit trail: {e}")))
+            .map_err(trail_error)
     }
 
     /// Reads the whole audit trail in order and checks every link: the
@@ -415,7 +404,7 @@ impl DecisionLog {
                 .sink
                 .audit_records(v.last_seq(), 1000)
                 .await
-                .map_err(|e| Error::Unsupported(format!("audit trail: {e}")))?;
+                .map_err(trail_error)?;
             if page.is_empty() {
                 return Ok(Ok(v.checked()));
             }
@@ -431,14 +420,31 @@ impl DecisionLog {
             .sink
             .audit_records(after_seq, limit)
             .await
-            .map_err(|e| Error::Unsupported(format!("audit trail: {e}")))
+            .map_err(trail_error)
     }
 }
 
 impl Inner {
-    fn count_cleaned(&self, c: Cleaned) {
+    /// Deletes events older than `events` and rollups older than
+    /// `rollups`, `batch` rows per statement, and counts what went.
+    async fn cleanup_older(
+        &self,
+        events: Duration,
+        rollups: Duration,
+        batch: u32,
+    ) -> std::result::Result<Cleaned, crate::error::BackendError> {
+        let now = unix_us(SystemTime::now());
+        let events_before = now.saturating_sub(crate::units::micros(events));
+        let rollups_before = now
+            .saturating_sub(crate::units::micros(rollups))
+            .div_euclid(1_000_000);
+        let c = self
+            .sink
+            .cleanup(events_before, rollups_before, batch)
+            .await?;
         self.stats.cleaned_events.fetch_add(c.events, Relaxed);
         self.stats.cleaned_rollups.fetch_add(c.rollups, Relaxed);
+        Ok(c)
     }
 }
 
@@ -470,10 +476,26 @@ fn wake_now(chunks: usize) -> bool {
     })
 }
 
+/// `key` as the log keeps it: bounded, and digested under `secret` when
+/// `privacy` says so.
+fn logged_key(privacy: KeyPrivacy, secret: Option<&crate::secret::Secret>, key: String) -> String {
+    match (privacy, secret) {
+        (KeyPrivacy::Hashed, Some(s)) => {
+            crate::key::hash_key_with_secret(s.expose().as_bytes(), event::bounded_key_owned(key))
+        }
+        _ => event::bounded_key_owned(key),
+    }
+}
+
+/// A sink's failure on the audit trail, as the library's error.
+fn trail_error(e: crate::error::BackendError) -> Error {
+    Error::Unsupported(format!("audit trail: {e}"))
+}
+
 /// Microseconds since the Unix epoch.
 pub(crate) fn unix_us(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .map_or(0, crate::units::micros)
 }
 
 /// A uniform draw in [0, 1), from the thread's generator.

@@ -50,6 +50,18 @@ pub struct Offender {
     pub total: u64,
 }
 
+impl Offender {
+    /// `blocked / total` (0 when there were none).
+    pub fn block_rate(&self) -> f64 {
+        Totals {
+            total: self.total,
+            allowed: self.total - self.blocked.min(self.total),
+            blocked: self.blocked,
+        }
+        .block_rate()
+    }
+}
+
 /// One window's decisions in a span.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuleHits {

@@ -2,10 +2,10 @@
 //! holds a batch the sink refused until it is written; cleans up on its
 //! schedule. It never blocks a check: the queue between them is the bound.
 
-use super::{unix_us, Inner};
+use super::Inner;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Weak;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The longest pause between retries of a refused batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -19,7 +19,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
             return;
         }
         if batch.is_empty() {
-            take(&i, &mut batch);
+            i.queue.take(&mut batch, i.settings.batch);
         }
         if batch.is_empty() {
             if tokio::time::Instant::now() >= next_cleanup {
@@ -36,11 +36,6 @@ pub(super) async fn run(inner: Weak<Inner>) {
         }
         write(&i, &mut batch).await;
     }
-}
-
-/// Moves up to a batch from the queue into `batch` (see `queue.rs`).
-fn take(i: &Inner, batch: &mut Vec<super::DecisionEvent>) {
-    i.queue.take(batch, i.settings.batch);
 }
 
 /// Writes `batch`, retrying with backoff until it is written (or the log closes).
@@ -76,19 +71,12 @@ async fn write(i: &Inner, batch: &mut Vec<super::DecisionEvent>) {
 }
 
 async fn cleanup(i: &Inner) {
-    let now = unix_us(SystemTime::now());
-    let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    let events_before = now.saturating_sub(us(i.settings.retention));
-    let rollups_before = now
-        .saturating_sub(us(i.settings.rollup_retention))
-        .div_euclid(1_000_000);
+    let s = &i.settings;
     match i
-        .sink
-        .cleanup(events_before, rollups_before, i.settings.cleanup_batch)
+        .cleanup_older(s.retention, s.rollup_retention, s.cleanup_batch)
         .await
     {
         Ok(c) => {
-            i.count_cleaned(c);
             if c.events + c.rollups > 0 {
                 tracing::info!(
                     sink = i.sink.kind(),

@@ -23,6 +23,7 @@ use crate::analytics::{clamp_days, Analytics, Series, Summary};
 use crate::decision_log::sink::{Offender, RuleHits};
 use crate::policy::BlockEntry;
 use crate::registry::Registry;
+use crate::secret::{same_bytes, token_digest};
 use hmac::{Hmac, Mac};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
@@ -77,13 +78,7 @@ pub fn valid_session(value: &str, admin_digest: &[u8; 32]) -> bool {
         return false;
     };
     let want = hex(&mac(admin_digest, expires));
-    expires > now_s()
-        && sig.len() == want.len()
-        && sig
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    expires > now_s() && same_bytes(sig.as_bytes(), want.as_bytes())
 }
 
 /// The session cookie of `headers`, if any.
@@ -113,6 +108,19 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// Why every dashboard page is 403 without an admin token configured.
+pub const OFF: &str =
+    "The dashboard is off: set http.admin_token (or $RATESYNC_ADMIN_TOKEN) to open it.";
+
+/// A 303 to `location` (a path of the dashboard).
+pub fn redirect(location: &str) -> Response<String> {
+    let mut r = html(StatusCode::SEE_OTHER, String::new());
+    let location =
+        HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/dashboard/"));
+    r.headers_mut().insert(http::header::LOCATION, location);
+    r
 }
 
 /// An HTML page with the dashboard's security headers.
@@ -179,31 +187,20 @@ pub fn login(
     let Some(token) = token else {
         return login_page("Give the admin token.");
     };
-    let given: [u8; 32] = {
-        use sha2::Digest;
-        Sha256::digest(token.trim().as_bytes()).into()
-    };
-    if given
-        .iter()
-        .zip(admin_digest)
-        .fold(0u8, |a, (x, y)| a | (x ^ y))
-        != 0
-    {
+    if !same_bytes(&token_digest(token.trim()), admin_digest) {
         tracing::warn!("dashboard login with a wrong token");
         return login_page("That is not the admin token.");
     }
-    let mut r = html(StatusCode::SEE_OTHER, String::new());
     let cookie = format!(
         "{COOKIE}={}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={}{}",
         new_session(admin_digest),
         SESSION.as_secs(),
         if https { "; Secure" } else { "" }
     );
+    let mut r = redirect(next);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(http::header::SET_COOKIE, v);
     }
-    let location = HeaderValue::from_str(next).unwrap_or(HeaderValue::from_static("/dashboard/"));
-    r.headers_mut().insert(http::header::LOCATION, location);
     r
 }
 
@@ -378,7 +375,7 @@ fn render(
     } else {
         b.push_str("<table id=\"offenders\"><tr><th>key</th><th>blocked</th><th>total</th><th>block rate</th></tr>");
         for o in top {
-            let rate = o.blocked as f64 / o.total.max(1) as f64 * 100.0;
+            let rate = o.block_rate() * 100.0;
             let _ = write!(
                 b,
                 "<tr><td class=\"k\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{rate:.1}%</td></tr>",

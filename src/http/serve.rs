@@ -42,6 +42,7 @@ use super::Identify;
 use crate::config::http::HttpConfig;
 use crate::policy::{Decision, Policy};
 use crate::registry::Registry;
+use crate::secret::{same_bytes, token_digest};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -210,10 +211,7 @@ impl DecisionService {
         if let Some(h) = &http.tier_header {
             identify = identify.tier_header(h)?;
         }
-        let admin_digest = http
-            .admin_token
-            .as_ref()
-            .map(|t| digest(t.expose().as_bytes()));
+        let admin_digest = http.admin_token.as_ref().map(|t| token_digest(t.expose()));
         #[cfg(feature = "prometheus")]
         let exporter = match crate::telemetry::PrometheusExporter::new(&registry) {
             Ok(e) => Some(e),
@@ -389,9 +387,9 @@ impl DecisionService {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| digest(t.trim().as_bytes()));
+            .map(|t| token_digest(t.trim()));
         match given {
-            Some(given) if same(&given, want) => Ok(()),
+            Some(given) if same_bytes(&given, want) => Ok(()),
             _ => Err(Stop::Unauthorized),
         }
     }
@@ -401,9 +399,7 @@ impl DecisionService {
     async fn dashboard<B>(&self, req: &Request<B>, path: &str) -> Response<String> {
         use super::dashboard as d;
         let Some(admin) = &self.shared.admin_digest else {
-            return d::login_page(
-                "The dashboard is off: set http.admin_token (or $RATESYNC_ADMIN_TOKEN) to open it.",
-            );
+            return d::login_page(d::OFF);
         };
         let bearer = self.admitted(req.headers()).is_ok();
         let session = d::session_of(req.headers()).is_some_and(|s| d::valid_session(s, admin));
@@ -414,12 +410,7 @@ impl DecisionService {
             return d::login_page("Sign in with the admin token.");
         }
         if path == "/dashboard" {
-            let mut r = d::html(StatusCode::SEE_OTHER, String::new());
-            r.headers_mut().insert(
-                http::header::LOCATION,
-                HeaderValue::from_static("/dashboard/"),
-            );
-            return r;
+            return d::redirect("/dashboard/");
         }
         let q = match Query::parse(req.uri().query()) {
             Ok(q) => q,
@@ -454,9 +445,7 @@ impl DecisionService {
     /// read by the server loop, at most [`MAX_LOGIN_BODY`](super::dashboard::MAX_LOGIN_BODY) bytes).
     pub fn dashboard_login(&self, form: &[u8], headers: &HeaderMap) -> Response<String> {
         let Some(admin) = &self.shared.admin_digest else {
-            return super::dashboard::login_page(
-                "The dashboard is off: set http.admin_token (or $RATESYNC_ADMIN_TOKEN) to open it.",
-            );
+            return super::dashboard::login_page(super::dashboard::OFF);
         };
         let https = headers
             .get("x-forwarded-proto")
@@ -662,16 +651,6 @@ async fn read_form(body: hyper::body::Incoming) -> Option<Bytes> {
 
 /// How long `/readyz` waits for each store.
 pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
-}
-
-/// `a == b` in a time that does not depend on where they differ.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// The status of `d`: 200, or its refusal's, a throttle or block as
 /// `throttle_status` when given.

@@ -67,6 +67,16 @@ fn one_line(reason: &str) -> String {
     out
 }
 
+/// A ban as the audit trail details it: `900s: reason`, or `900s`.
+fn ban_detail(duration: Duration, reason: &str) -> String {
+    let reason = one_line(reason);
+    if reason.is_empty() {
+        format!("{}s", duration.as_secs_f64())
+    } else {
+        format!("{}s: {reason}", duration.as_secs_f64())
+    }
+}
+
 impl Policy {
     /// Bans `request`'s key for `duration` on every host sharing the store
     /// (a longer ban already there stays). `reason` goes to the log and to
@@ -89,8 +99,7 @@ impl Policy {
         self.shared.metrics.record_ban();
         self.unindex(key).await?;
         self.index(key, duration, reason).await?;
-        let detail = format!("{}s: {}", duration.as_secs_f64(), one_line(reason));
-        self.audit("ban", key.encoded(), detail.trim_end_matches(": "))
+        self.audit("ban", key.encoded(), &ban_detail(duration, reason))
             .await;
         Ok(held)
     }
@@ -147,8 +156,9 @@ impl Policy {
                         tracing::warn!(policy = %policy.name(), key = %key.encoded(), error = %e,
                             "cannot list a ban in the store's ban index; the ban holds");
                     }
-                    let detail = format!("{}s: {reason}", duration.as_secs_f64());
-                    policy.audit("ban", key.encoded(), &detail).await;
+                    policy
+                        .audit("ban", key.encoded(), &ban_detail(duration, &reason))
+                        .await;
                 }
             });
             tx

@@ -191,9 +191,9 @@ impl Policy {
                 tokio::time::sleep(LIST_REFRESH).await;
                 let Some(shared) = weak.upgrade() else { break };
                 let policy = Policy {
-                        shared,
-                        actor: Some("policy".into()),
-                    };
+                    shared,
+                    actor: Some("policy".into()),
+                };
                 match policy.refresh_lists().await {
                     Ok(()) if failing => {
                         failing = false;
