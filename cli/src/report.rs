@@ -51,7 +51,8 @@ pub enum LogOp {
         #[arg(long, default_value_t = 10_000)]
         batch: u32,
     },
-    /// The writer's counters in this process, and what the sink holds today.
+    /// What the sink holds today (the serving processes' queue counters
+    /// are on their /metrics).
     Stats,
 }
 
@@ -302,13 +303,13 @@ pub async fn log(registry: &Registry, op: LogOp) -> crate::worker::Result<ExitCo
         }
         LogOp::Stats => {
             let s = log.analytics().summary(1, None).await?;
+            // This process queues nothing; the serving processes' queues
+            // are on their /metrics (ratesync_decision_log_events_total).
             println!(
-                "decision log ({}): today {} decisions, {} blocked; this process queued {}, dropped {}",
+                "decision log ({}): today {} decisions, {} blocked",
                 log.sink().kind(),
                 s.today.total,
-                s.today.blocked,
-                log.stats().enqueued,
-                log.stats().dropped
+                s.today.blocked
             );
         }
     }

@@ -236,6 +236,37 @@ fn the_dashboard_shows_what_the_analytics_say() {
     );
     assert_eq!(status, 403);
     assert!(!head.contains("set-cookie"));
+    // Hostile sign-ins: an oversized form, bytes that are not UTF-8, the
+    // token given twice (the right one second), a 1 MiB cookie.
+    let (status, _, _) = request(port, "POST", "/dashboard/login", "", &"x".repeat(10_000));
+    assert_eq!(status, 413, "a login form is bounded");
+    let (status, head, _) = request(port, "POST", "/dashboard/login", "", "token=%FF%FE");
+    assert_eq!(status, 403);
+    assert!(!head.contains("set-cookie"));
+    let (status, head, _) = request(
+        port,
+        "POST",
+        "/dashboard/login",
+        "",
+        &format!("token=wrong&token={TOKEN}"),
+    );
+    assert_eq!(status, 403, "a field given twice is no sign-in");
+    assert!(!head.contains("set-cookie"));
+    let cookie = format!("Cookie: ratesync_session={}\r\n", "1".repeat(1 << 20));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let refused = http_exchange("127.0.0.1", addr, "GET", "/dashboard/", &cookie, "")
+        .map_or(0, |(status, _, _)| status);
+    // hyper refuses a head this large before anything reads it (431), or
+    // closes while the client is still sending (0).
+    assert!(
+        refused == 431 || refused == 0,
+        "a 1 MiB cookie answered {refused}"
+    );
+    assert_eq!(
+        request(port, "GET", "/healthz", "", "").0,
+        200,
+        "and the service goes on"
+    );
     let (status, head, _) = request(
         port,
         "POST",
